@@ -1,0 +1,244 @@
+"""Slice arrays for training and evaluation: cached preparation, stateless tf.data batches.
+
+Training batches are a pure function of ``(seed, step)``: the example at global position
+``k = step * global_batch_size + j`` is picked by a stateless per-epoch permutation and augmented
+with ops seeded by ``[seed, k]``. So restarting at ``start_step`` reproduces an uninterrupted run
+exactly, without saving iterator state, and each process computes its own disjoint part of the
+global batch. TensorFlow is only used on the CPU and imported lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from data_pipelines import brats, slices
+
+_CACHE_VERSION = 1
+_TF_CONFIGURED = False
+
+
+def _tf() -> Any:
+    """Import TensorFlow once, hidden from accelerators and kept off most CPU threads.
+
+    JAX owns the accelerators and the cores; tf.data only shuffles and flips small arrays.
+    Settings that TF refuses after its runtime has started are skipped silently.
+    """
+    global _TF_CONFIGURED
+    import tensorflow as tf
+
+    if not _TF_CONFIGURED:
+        _TF_CONFIGURED = True
+        for kind in ("GPU", "TPU"):
+            try:
+                tf.config.set_visible_devices([], kind)
+            except (RuntimeError, ValueError):
+                pass
+        for setter in (
+            tf.config.threading.set_inter_op_parallelism_threads,
+            tf.config.threading.set_intra_op_parallelism_threads,
+        ):
+            try:
+                setter(1)
+            except RuntimeError:
+                pass
+    return tf
+
+
+def _cache_key(cases: Sequence[brats.CaseFiles], params: Mapping[str, Any]) -> str:
+    """Hash of case ids, file sizes + mtimes and parameters: any change rebuilds the cache."""
+    files = []
+    for case in cases:
+        paths = [case.images[m] for m in sorted(case.images)]
+        paths += [case.seg] if case.seg is not None else []
+        stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in map(Path, paths)]
+        files.append([case.case_id, stats])
+    blob = json.dumps(
+        {"version": _CACHE_VERSION, "params": params, "files": files}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _save_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write via a temporary file in the same folder so a killed job never leaves half a cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_arrays(
+    cases: Sequence[brats.CaseFiles],
+    *,
+    image_size: int,
+    target: str,
+    slice_range: tuple[int, int] | None,
+    healthy_fraction: float,
+    seed: int,
+    cache_dir: Path | None,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Load all cases into {"image", "label", "z", "case"} slice arrays (cached on disk).
+
+    Loading NIfTI volumes is the slow part of every run, so the result is stored as an .npz
+    keyed by the inputs; ``case`` indexes into ``cases``. Slice sampling of case ``i`` uses
+    ``np.random.default_rng([seed, i])`` so it does not depend on the other cases.
+    """
+    if target not in slices.TARGET_CHANNELS:
+        raise ValueError(f"target must be one of {sorted(slices.TARGET_CHANNELS)}, got {target!r}")
+    params = {
+        "image_size": int(image_size),
+        "target": target,
+        "slice_range": None if slice_range is None else [int(v) for v in slice_range],
+        "healthy_fraction": float(healthy_fraction),
+        "seed": int(seed),
+    }
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"slices_{_cache_key(cases, params)}.npz"
+        if cache_path.exists():
+            with np.load(cache_path) as data:
+                return {k: data[k] for k in data.files}
+
+    channels = slices.TARGET_CHANNELS[target]
+    parts: dict[str, list[np.ndarray]] = {"image": [], "label": [], "z": [], "case": []}
+    for i, case in enumerate(tqdm(cases, desc="preparing slices", unit="case", disable=not progress)):
+        ex = slices.case_examples(
+            brats.load_case(case),
+            image_size,
+            target=target,
+            slice_range=slice_range,
+            healthy_fraction=healthy_fraction,
+            rng=np.random.default_rng([seed, i]),
+        )
+        for key in ("image", "label", "z"):
+            parts[key].append(ex[key])
+        parts["case"].append(np.full(len(ex["z"]), i, dtype=np.int32))
+    empty = {
+        "image": np.zeros((0, image_size, image_size, len(brats.MODALITIES)), np.float32),
+        "label": np.zeros((0, image_size, image_size, channels), np.float32),
+        "z": np.zeros((0,), np.int32),
+        "case": np.zeros((0,), np.int32),
+    }
+    arrays = {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
+    if cache_path is not None:
+        _save_atomic(cache_path, arrays)
+    return arrays
+
+
+def _augment(tf: Any, image: Any, label: Any, seed: Any) -> tuple[Any, Any]:
+    """Random flips and 90-degree rotations, identical for image and label (stateless)."""
+    draws = tf.random.stateless_uniform([3], seed=seed, minval=0, maxval=4, dtype=tf.int32)
+    flip_h, flip_v, quarter_turns = draws[0] >= 2, draws[1] >= 2, draws[2]
+
+    def transform(x: Any) -> Any:
+        x = tf.cond(flip_h, lambda: tf.reverse(x, axis=[1]), lambda: x)
+        x = tf.cond(flip_v, lambda: tf.reverse(x, axis=[0]), lambda: x)
+        return tf.image.rot90(x, k=quarter_turns)
+
+    return transform(image), transform(label)
+
+
+def train_batches(
+    arrays: Mapping[str, np.ndarray],
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    augment: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless {"image", "label"} batches of this process's share of each global batch.
+
+    Global example ``k`` of step ``k // global_batch_size`` is dataset index
+    ``index_shuffle(k % N, seed=[seed, k // N])`` (a fresh permutation per epoch); this process
+    takes positions ``[p * B/P, (p + 1) * B/P)`` of every global batch.
+    """
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} must be a positive multiple of "
+            f"process_count={process_count}"
+        )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0")
+    n = int(len(arrays["image"]))
+    if n == 0 or len(arrays["label"]) != n:
+        raise ValueError(f"need equally many (> 0) images and labels, got {n}, {len(arrays['label'])}")
+
+    tf = _tf()
+    local = global_batch_size // process_count
+    images = tf.convert_to_tensor(arrays["image"])
+    labels = tf.convert_to_tensor(arrays["label"])
+    seed_t = tf.constant(seed, tf.int64)
+    n_t = tf.constant(n, tf.int64)
+
+    def example(m: Any) -> dict[str, Any]:
+        k = (m // local) * global_batch_size + process_index * local + m % local
+        idx = tf.random.experimental.index_shuffle(
+            k % n_t, seed=tf.stack([seed_t, k // n_t]), max_index=n_t - 1
+        )
+        image, label = tf.gather(images, idx), tf.gather(labels, idx)
+        if augment:
+            image, label = _augment(tf, image, label, tf.stack([seed_t, k]))
+        return {"image": image, "label": label}
+
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = min(2, os.cpu_count() or 1)
+    ds = tf.data.Dataset.counter(start=start_step * local, dtype=tf.int64)
+    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local, drop_remainder=True).with_options(options)
+    if prefetch > 0:
+        ds = ds.prefetch(prefetch)
+    return ds.as_numpy_iterator()
+
+
+def eval_batches(
+    arrays: Mapping[str, np.ndarray],
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's contiguous shard in batches, zero-padded, with a 0/1 "mask" key.
+
+    Every process yields the same number of batches (needed for collectives) and each real
+    example appears in exactly one process with mask 1, so masked sums count it once.
+    All keys of ``arrays`` are passed through (e.g. "z" and "case" for volume reassembly).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size={batch_size} must be positive")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    n = int(len(next(iter(arrays.values()))))
+    per_process = -(-n // process_count)
+    n_batches = -(-per_process // batch_size)
+    lo = min(process_index * per_process, n)
+    hi = min(lo + per_process, n)
+    for b in range(n_batches):
+        start, stop = lo + b * batch_size, min(lo + (b + 1) * batch_size, hi)
+        count = max(stop - start, 0)
+        batch = {}
+        for key, value in arrays.items():
+            out = np.zeros((batch_size, *value.shape[1:]), dtype=value.dtype)
+            out[:count] = value[start : start + count]
+            batch[key] = out
+        batch["mask"] = (np.arange(batch_size) < count).astype(np.float32)
+        yield batch

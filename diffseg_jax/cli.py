@@ -1,0 +1,57 @@
+"""The absl entry points behind run_train.py and run_eval.py.
+
+On CPU every core becomes a host device before JAX starts (set XLA_FLAGS yourself to override), so
+the sharded train step uses all cores.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def _cpu_defaults() -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _DEVICE_FLAG not in flags and os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
+        os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_FLAG}={os.cpu_count() or 1}".strip()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main(mode: str) -> None:
+    _cpu_defaults()
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "Method config file (configs/*.py).")
+    workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(argv):
+        del argv
+        from data_pipelines.brats import DataError
+        from diffseg_jax import parallel
+
+        parallel.maybe_initialize_distributed()
+        try:
+            if mode == "train":
+                from diffseg_jax.train import TrainingDiverged, train_and_evaluate
+
+                try:
+                    train_and_evaluate(config.value, workdir.value)
+                except TrainingDiverged as err:
+                    sys.exit(f"error: {err}")
+            else:
+                from diffseg_jax.evaluate import evaluate
+
+                summary = evaluate(config.value, workdir.value)
+                for region, stats in summary["regions"].items():
+                    print(
+                        f"{region}: dice {stats['dice']['mean']:.4f} ± {stats['dice']['std']:.4f}"
+                        f"  hd95 {stats['hd95']['mean']:.2f} mm"
+                    )
+        except (DataError, FileNotFoundError) as err:
+            sys.exit(f"error: {err}")
+
+    app.run(run)

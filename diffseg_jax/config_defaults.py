@@ -1,0 +1,104 @@
+"""Fields every method's config shares (data, training, sampling, evaluation), per preset.
+
+Presets: 'smoke' (seconds; tests), '' (default: the CPU demo on the embedded phantom data), 'paper'
+(published settings, for a GPU/TPU). A method's config file starts from `base_config(preset)` and sets
+its model; every field can be overridden on the command line (`--config.train.steps=200`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+PRESETS = ("smoke", "", "paper")
+
+
+def parse_preset(arg: str | None) -> str:
+    preset = (arg or "").strip()
+    if preset == "default":
+        preset = ""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of smoke, default, paper")
+    return preset
+
+
+def base_config(preset: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = ""
+    c.preset = preset or "default"
+    c.seed = 0
+
+    c.data = d = ml_collections.ConfigDict()
+    d.root = config_dict.placeholder(str)  # a BraTS folder; None -> the embedded phantom dataset
+    d.cache_dir = config_dict.placeholder(str)  # None -> $DIFFSEG_CACHE or ~/.cache/diffseg_jax
+    d.phantom_cases = 60
+    d.phantom_seed = 0
+    d.phantom_spacing_mm = 2.0
+    d.image_size = 64
+    d.target = "regions"  # 'regions' (WT/TC/ET) or 'wt'
+    d.slice_range = config_dict.placeholder(tuple)  # e.g. (80, 120); None -> tumour + healthy
+    d.healthy_fraction = 1.0  # healthy slices per tumour slice when slice_range is None
+    d.split_fractions = (0.7, 0.15, 0.15)
+    d.split_seed = 0
+    d.augment = True
+
+    c.train = t = ml_collections.ConfigDict()
+    t.steps = 1000
+    t.batch_size = 8
+    t.learning_rate = 1e-3
+    t.warmup_steps = 50
+    t.weight_decay = 1e-4
+    t.grad_clip = 1.0
+    t.ema_decay = 0.995
+    t.log_every = 50
+    t.checkpoint_every = 250
+    t.eval_every = 250
+    t.val_max_slices = 64
+    t.keep_checkpoints = 2
+
+    c.sampling = s = ml_collections.ConfigDict()
+    s.method = "ddim"  # 'ddim' (num_steps) or 'ddpm' (the full chain)
+    s.num_steps = 10
+    s.num_samples = 3
+    s.eta = 0.0
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.data_root = config_dict.placeholder(str)  # segment another folder (labels optional)
+    e.output_dir = config_dict.placeholder(str)  # None -> <workdir>/eval
+    e.split = "test"
+    e.checkpoint = "best"  # 'best' (by validation Dice) or 'latest'
+    e.batch_size = 16
+    e.max_cases = 0  # 0 = all
+    e.num_overlays = 3
+    e.write_predictions = True
+
+    if preset == "smoke":
+        d.phantom_cases = 6
+        d.phantom_spacing_mm = 4.0
+        d.image_size = 32
+        d.healthy_fraction = 0.5
+        t.steps = 6
+        t.batch_size = 4
+        t.warmup_steps = 1
+        t.log_every = 2
+        t.checkpoint_every = 3
+        t.eval_every = 3
+        t.val_max_slices = 8
+        s.num_steps = 3
+        s.num_samples = 2
+        e.batch_size = 8
+        e.num_overlays = 1
+    elif preset == "paper":
+        d.image_size = 256
+        d.slice_range = (80, 120)
+        t.steps = 100_000
+        t.batch_size = 8
+        t.learning_rate = 1e-4
+        t.warmup_steps = 0
+        t.weight_decay = 0.0
+        t.ema_decay = 0.9999
+        t.log_every = 100
+        t.checkpoint_every = 5000
+        t.eval_every = 5000
+        t.val_max_slices = 256
+    return c

@@ -1,0 +1,51 @@
+"""What every method provides: init, a training loss and a (jittable) prediction on a slice batch."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+Batch = dict[str, jnp.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A model wired to its loss and its inference procedure.
+
+    init(key, batch) -> params
+    loss(params, batch, key) -> (scalar loss, dict of scalar metrics)      [training mode]
+    predict(params, images, key) -> {"prob": [B,H,W,C] in [0,1], "uncertainty": [B,H,W,C]}
+    """
+
+    name: str
+    init: Callable[[jax.Array, Batch], Params]
+    loss: Callable[[Params, Batch, jax.Array], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
+    predict: Callable[[Params, jnp.ndarray, jax.Array], dict[str, jnp.ndarray]]
+
+
+def num_outputs(target: str) -> int:
+    """Channels of the mask: WT/TC/ET regions or WT only."""
+    if target == "regions":
+        return 3
+    if target == "wt":
+        return 1
+    raise ValueError(f"unknown data.target {target!r}; expected 'regions' or 'wt'")
+
+
+def soft_dice_loss(logits: jnp.ndarray, label: jnp.ndarray, eps: float = 1.0) -> jnp.ndarray:
+    """1 - soft Dice per channel over the batch, averaged over channels."""
+    prob = jax.nn.sigmoid(logits)
+    axes = (0, 1, 2)
+    inter = jnp.sum(prob * label, axis=axes)
+    denom = jnp.sum(prob, axis=axes) + jnp.sum(label, axis=axes)
+    return 1.0 - jnp.mean((2.0 * inter + eps) / (denom + eps))
+
+
+def binary_entropy(prob: jnp.ndarray) -> jnp.ndarray:
+    p = jnp.clip(prob, 1e-6, 1 - 1e-6)
+    return -(p * jnp.log(p) + (1 - p) * jnp.log(1 - p))

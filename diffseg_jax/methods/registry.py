@@ -1,0 +1,25 @@
+"""Maps `config.method` to the module that builds it."""
+
+from __future__ import annotations
+
+import importlib
+
+import ml_collections
+
+from diffseg_jax.methods.base import Method
+
+_METHODS = {
+    "btsegdiff": "diffseg_jax.methods.btsegdiff",
+    "unet_baseline": "diffseg_jax.methods.unet_baseline",
+}
+
+
+def available_methods() -> tuple[str, ...]:
+    return tuple(sorted(_METHODS))
+
+
+def build_method(config: ml_collections.ConfigDict) -> Method:
+    name = config.method
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    return importlib.import_module(_METHODS[name]).build(config)

@@ -1,0 +1,101 @@
+"""BTSegDiff's denoiser: two encoders (EC on the sequences, EU on the noisy mask) fused per level.
+
+At each level l: A = LN(m_xt) + LN(m_I) (multimodal dynamic conditional guidance) and
+m~ = FourierFusion(m_xt, m_I); the fused feature A + m~ continues down EU and is the skip for the
+decoder (with attention and skips). EC does not depend on the step or the noisy mask, so its features
+are computed once per image (`encode_condition`) and reused at every sampling step and sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from diffseg_jax.models.fourier import FourierFusion
+from diffseg_jax.models.layers import Downsample, TimeEmbedding
+from diffseg_jax.models.unet import (
+    Bottleneck,
+    Decoder,
+    EncoderLevel,
+    check_divisible,
+    level_features,
+)
+
+
+def _feature_layer_norm() -> nn.LayerNorm:
+    """Layer norm over the whole feature map (H, W, C) with a per-channel affine."""
+    return nn.LayerNorm(reduction_axes=(-3, -2, -1), feature_axes=-1)
+
+
+class BTSegDiffNet(nn.Module):
+    out_channels: int
+    base_features: int = 32
+    multipliers: Sequence[int] = (1, 2, 4)
+    num_res_blocks: int = 1
+    attention_levels: Sequence[int] = (2,)
+    dropout: float = 0.0
+    fourier_fusion: bool = True
+
+    def setup(self):
+        feats = level_features(self.base_features, self.multipliers)
+        attn = tuple(self.attention_levels)
+        last = len(feats) - 1
+        self.time_embed = TimeEmbedding(feats[0])
+        self.cond_in = nn.Conv(feats[0], (3, 3))
+        self.noisy_in = nn.Conv(feats[0], (3, 3))
+        self.cond_levels = [
+            EncoderLevel(f, self.num_res_blocks, i in attn, self.dropout) for i, f in enumerate(feats)
+        ]
+        self.noisy_levels = [
+            EncoderLevel(f, self.num_res_blocks, i in attn, self.dropout) for i, f in enumerate(feats)
+        ]
+        self.cond_down = [Downsample(feats[i + 1]) for i in range(last)]
+        self.noisy_down = [Downsample(feats[i + 1]) for i in range(last)]
+        self.norm_noisy = [_feature_layer_norm() for _ in feats]
+        self.norm_cond = [_feature_layer_norm() for _ in feats]
+        if self.fourier_fusion:
+            self.fusions = [FourierFusion() for _ in feats]
+        self.bottleneck = Bottleneck(feats[-1], self.dropout)
+        self.decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout)
+
+    def encode_condition(self, image: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, ...]:
+        """EC: per-level features m_I of the sequences."""
+        check_divisible(image.shape[1], len(self.multipliers))
+        h = self.cond_in(image)
+        features = []
+        for level, block in enumerate(self.cond_levels):
+            h = block(h, None, train)
+            features.append(h)
+            if level < len(self.cond_down):
+                h = self.cond_down[level](h)
+        return tuple(features)
+
+    def denoise(
+        self,
+        x_t: jnp.ndarray,
+        t: jnp.ndarray,
+        cond: Sequence[jnp.ndarray],
+        train: bool = False,
+    ) -> jnp.ndarray:
+        """EU + fusion + decoder: the network output for the noisy mask x_t at steps t."""
+        temb = self.time_embed(t)
+        h = self.noisy_in(x_t)
+        skips = []
+        for level, block in enumerate(self.noisy_levels):
+            m_xt = block(h, temb, train)
+            m_image = cond[level]
+            h = self.norm_noisy[level](m_xt) + self.norm_cond[level](m_image)
+            if self.fourier_fusion:
+                h = h + self.fusions[level](m_xt, m_image)
+            skips.append(h)
+            if level < len(self.noisy_down):
+                h = self.noisy_down[level](h)
+        h = self.bottleneck(h, temb, train)
+        return self.decoder(h, skips, temb, train)
+
+    def __call__(
+        self, x_t: jnp.ndarray, t: jnp.ndarray, image: jnp.ndarray, train: bool = False
+    ) -> jnp.ndarray:
+        return self.denoise(x_t, t, self.encode_condition(image, train), train)

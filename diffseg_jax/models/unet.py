@@ -1,0 +1,109 @@
+"""U-Net pieces (encoder levels, bottleneck, decoder) and the deterministic baseline U-Net.
+
+Levels run from full resolution (0) to the coarsest (L-1); every level but the last is followed by a
+stride-2 downsample, so the image side must be divisible by 2**(L-1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from diffseg_jax.models.layers import Downsample, ResBlock, SelfAttention, Upsample, groups_for
+
+
+class EncoderLevel(nn.Module):
+    """ResBlocks (time-conditioned when temb is given), optional attention, at one resolution."""
+
+    features: int
+    num_res_blocks: int
+    attention: bool
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray, temb: jnp.ndarray | None, train: bool) -> jnp.ndarray:
+        for _ in range(self.num_res_blocks):
+            h = ResBlock(self.features, self.dropout)(h, temb, train)
+            if self.attention:
+                h = SelfAttention()(h)
+        return h
+
+
+class Bottleneck(nn.Module):
+    features: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray, temb: jnp.ndarray | None, train: bool) -> jnp.ndarray:
+        h = ResBlock(self.features, self.dropout)(h, temb, train)
+        h = SelfAttention()(h)
+        return ResBlock(self.features, self.dropout)(h, temb, train)
+
+
+class Decoder(nn.Module):
+    """Coarse-to-fine: concatenate each level's skip, ResBlocks (+attention), upsample; then project."""
+
+    level_features: Sequence[int]
+    attention_levels: Sequence[int]
+    num_res_blocks: int
+    out_channels: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(
+        self, h: jnp.ndarray, skips: Sequence[jnp.ndarray], temb: jnp.ndarray | None, train: bool
+    ) -> jnp.ndarray:
+        for level in reversed(range(len(self.level_features))):
+            features = self.level_features[level]
+            h = jnp.concatenate([h, skips[level]], axis=-1)
+            for _ in range(self.num_res_blocks):
+                h = ResBlock(features, self.dropout)(h, temb, train)
+                if level in self.attention_levels:
+                    h = SelfAttention()(h)
+            if level > 0:
+                h = Upsample(self.level_features[level - 1])(h)
+        h = nn.silu(nn.GroupNorm(groups_for(h.shape[-1]))(h))
+        return nn.Conv(self.out_channels, (3, 3))(h)
+
+
+def level_features(base: int, multipliers: Sequence[int]) -> tuple[int, ...]:
+    return tuple(base * m for m in multipliers)
+
+
+def check_divisible(side: int, num_levels: int) -> None:
+    factor = 2 ** (num_levels - 1)
+    if side % factor:
+        raise ValueError(
+            f"image side {side} is not divisible by the network's total downsampling {factor}"
+        )
+
+
+class UNet(nn.Module):
+    """Plain deterministic U-Net on the sequences: the baseline a diffusion model must beat."""
+
+    out_channels: int
+    base_features: int = 32
+    multipliers: Sequence[int] = (1, 2, 4)
+    num_res_blocks: int = 1
+    attention_levels: Sequence[int] = (2,)
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, image: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        check_divisible(image.shape[1], len(self.multipliers))
+        feats = level_features(self.base_features, self.multipliers)
+        h = nn.Conv(feats[0], (3, 3))(image)
+        skips = []
+        for level, features in enumerate(feats):
+            h = EncoderLevel(
+                features, self.num_res_blocks, level in self.attention_levels, self.dropout
+            )(h, None, train)
+            skips.append(h)
+            if level < len(feats) - 1:
+                h = Downsample(feats[level + 1])(h)
+        h = Bottleneck(feats[-1], self.dropout)(h, None, train)
+        return Decoder(
+            feats, tuple(self.attention_levels), self.num_res_blocks, self.out_channels, self.dropout
+        )(h, skips, None, train)

@@ -1,0 +1,248 @@
+"""Training: the train state, one sharded jitted step, and the loop with checkpoints and validation."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import signal
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from tqdm.auto import tqdm
+
+from data_pipelines import input_pipeline, sources
+from diffseg_jax import inference, parallel
+from diffseg_jax.checkpoint import Checkpoints
+from diffseg_jax.methods.base import Method
+from diffseg_jax.methods.registry import build_method
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf; the last good checkpoint is left as it was."""
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jnp.ndarray
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    rng: jnp.ndarray
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with linear warmup and cosine decay, gradients clipped by global norm."""
+    t = config.train
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, t.learning_rate, min(t.warmup_steps, max(t.steps - 1, 1)), max(t.steps, 2), 0.05
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(t.grad_clip), optax.adamw(lr, weight_decay=t.weight_decay)
+    )
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, method: Method, sample_batch: dict[str, np.ndarray]
+) -> TrainState:
+    init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = method.init(init_key, {k: jnp.asarray(v) for k, v in sample_batch.items()})
+    tx = make_optimizer(config)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=params,
+        opt_state=tx.init(params),
+        rng=state_key,
+        tx=tx,
+    )
+
+
+def ema_decay(step: jnp.ndarray, max_decay: float) -> jnp.ndarray:
+    """Warmed-up EMA decay min(max_decay, (1 + step) / (10 + step)): early params are not frozen in."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(max_decay, (1.0 + step) / (10.0 + step))
+
+
+def train_step(
+    state: TrainState, batch: dict[str, jnp.ndarray], method: Method, ema_max_decay: float
+) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+    """One optimisation step; pure, so it can be jitted with shardings and donated state."""
+    key = jax.random.fold_in(state.rng, state.step)
+    (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(state.params, batch, key)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay(state.step, ema_max_decay)
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+    return new_state, metrics
+
+
+def make_train_step(method: Method, config: ml_collections.ConfigDict, mesh):
+    """train_step jitted once: state replicated and donated, batch sharded over the data axis."""
+    step = functools.partial(train_step, method=method, ema_max_decay=config.train.ema_decay)
+    rep = parallel.replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(rep, parallel.data_sharded(mesh)),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,),
+    )
+
+
+def slice_dice(prob: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Dice per channel pooled over all given slices (a cheap validation signal)."""
+    pred = prob > 0.5
+    ref = label > 0.5
+    inter = np.sum(pred & ref, axis=(0, 1, 2))
+    total = np.sum(pred, axis=(0, 1, 2)) + np.sum(ref, axis=(0, 1, 2))
+    return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
+
+
+def _validation_subset(arrays: dict[str, np.ndarray], max_slices: int) -> dict[str, np.ndarray]:
+    n = arrays["image"].shape[0]
+    idx = np.linspace(0, n - 1, min(n, max_slices)).round().astype(int)
+    return {k: v[idx] for k, v in arrays.items()}
+
+
+class _StopRequest:
+    """Turns SIGTERM into a flag checked between steps, so a preempted run saves and exits."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _data_kwargs(config):
+    d = config.data
+    return dict(
+        image_size=d.image_size,
+        target=d.target,
+        slice_range=tuple(d.slice_range) if d.slice_range else None,
+        healthy_fraction=d.healthy_fraction,
+    )
+
+
+def prepare_arrays(config, cases, seed: int, progress: bool) -> dict[str, np.ndarray]:
+    return input_pipeline.build_arrays(
+        cases,
+        seed=seed,
+        cache_dir=sources.cache_dir(config) / "slices",
+        progress=progress,
+        **_data_kwargs(config),
+    )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True
+) -> TrainState:
+    """Trains `config.method` to `config.train.steps`, resuming from the latest checkpoint in workdir."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t = config.train
+    mesh = parallel.make_mesh()
+    parallel.check_batch_divisible(t.batch_size, mesh)
+    method = build_method(config)
+
+    splits = sources.load_splits(config, progress)
+    train_arrays = prepare_arrays(config, splits["train"], config.seed, progress)
+    val_arrays = _validation_subset(
+        prepare_arrays(config, splits["val"], config.seed + 1, progress), t.val_max_slices
+    )
+    logging.info(
+        "cases train/val/test: %d/%d/%d; train slices: %d",
+        len(splits["train"]), len(splits["val"]), len(splits["test"]), len(train_arrays["image"]),
+    )
+
+    sample = {k: train_arrays[k][:1] for k in ("image", "label")}
+    state = create_train_state(config, method, sample)
+    state = jax.device_put(state, parallel.replicated(mesh))
+    latest = Checkpoints(workdir / "checkpoints", max_to_keep=t.keep_checkpoints)
+    best = Checkpoints(workdir / "best", max_to_keep=1, best_metric="val_dice")
+    if latest.latest_step() is not None:
+        state = latest.restore(latest.latest_step(), state)
+        logging.info("resumed from step %d", int(state.step))
+    start = int(state.step)
+
+    step_fn = make_train_step(method, config, mesh)
+    predict_fn = inference.make_predict_fn(method, mesh)
+    batches = input_pipeline.train_batches(
+        train_arrays,
+        global_batch_size=t.batch_size,
+        seed=config.seed,
+        start_step=start,
+        augment=config.data.augment,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    writer = metric_writers.create_default_writer(
+        str(workdir), just_logging=jax.process_index() > 0
+    )
+
+    def validate(state, step):
+        out = inference.predict_slices(
+            predict_fn, state.ema_params, val_arrays["image"], jax.random.PRNGKey(config.seed + 7),
+            mesh, config.eval.batch_size,
+        )
+        dice = slice_dice(out["prob"], val_arrays["label"])
+        scalars = {f"val/dice_{i}": float(v) for i, v in enumerate(dice)}
+        scalars["val/dice"] = float(np.mean(dice))
+        writer.write_scalars(step, scalars)
+        best.save(step, state, metrics={"val_dice": scalars["val/dice"]})
+        return scalars["val/dice"]
+
+    last_saved = start
+    tic = time.perf_counter()
+    with _StopRequest() as stop, tqdm(
+        total=t.steps, initial=start, desc="training", disable=not progress
+    ) as bar:
+        for step in range(start, t.steps):
+            batch = parallel.global_batch(mesh, next(batches))
+            state, metrics = step_fn(state, batch)
+            loss = float(metrics["loss"])
+            if not np.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss} at step {step + 1}; stopped without saving, the last good "
+                    f"checkpoint (step {latest.latest_step()}) in {latest.directory} is intact"
+                )
+            bar.update(1)
+            done = step + 1
+            if done % t.log_every == 0 or done == t.steps:
+                scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+                scalars["train/steps_per_second"] = (done - start) / (time.perf_counter() - tic)
+                writer.write_scalars(done, scalars)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if done % t.checkpoint_every == 0 or done == t.steps or stop.requested:
+                latest.save(done, state)
+                last_saved = done
+            if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+                bar.set_postfix(val_dice=f"{validate(state, done):.3f}")
+            if stop.requested:
+                logging.warning("SIGTERM: saved step %d, stopping", last_saved)
+                break
+    writer.flush()
+    latest.close()
+    best.close()
+    return state

@@ -1,0 +1,160 @@
+"""Tests for data_pipelines.input_pipeline: determinism, resume, sharding, augmentation, eval."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from data_pipelines import input_pipeline as ip
+
+N, S = 12, 8
+
+
+@pytest.fixture(scope="module")
+def arrays() -> dict[str, np.ndarray]:
+    """Channel 0: an asymmetric +-pattern (label = its sign); channel 1: the example id + 1."""
+    rng = np.random.default_rng(0)
+    pattern = rng.normal(size=(N, S, S)).astype(np.float32)
+    ids = np.broadcast_to(np.arange(1, N + 1, dtype=np.float32)[:, None, None], (N, S, S))
+    image = np.stack([pattern, ids], axis=-1)
+    label = (pattern > 0).astype(np.float32)[..., None]
+    return {"image": image, "label": label}
+
+
+def _take(arrays, steps: int, **kw) -> list[dict[str, np.ndarray]]:
+    kw.setdefault("seed", 0)
+    kw.setdefault("global_batch_size", 4)
+    return list(itertools.islice(ip.train_batches(arrays, **kw), steps))
+
+
+def _ids(batch: dict[str, np.ndarray]) -> list[int]:
+    return [int(round(v)) - 1 for v in batch["image"][:, :, :, 1].mean(axis=(1, 2))]
+
+
+def test_resume_equals_uninterrupted(arrays):
+    full = _take(arrays, 5)
+    resumed = _take(arrays, 2, start_step=3)
+    for a, b in zip(full[3:], resumed, strict=True):
+        assert set(a) == {"image", "label"}
+        assert a["image"].shape == (4, S, S, 2) and a["label"].shape == (4, S, S, 1)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_seeds_differ(arrays):
+    a = np.concatenate([b["image"] for b in _take(arrays, 3, seed=0)])
+    b = np.concatenate([b["image"] for b in _take(arrays, 3, seed=1)])
+    assert not np.array_equal(a, b)
+
+
+def test_each_epoch_is_a_permutation(arrays):
+    batches = _take(arrays, 6, augment=False)
+    order = [i for b in batches for i in _ids(b)]
+    first, second = order[:N], order[N:]
+    assert sorted(first) == list(range(N)) and sorted(second) == list(range(N))
+    assert first != second  # a fresh permutation every epoch
+    for b in batches:  # without augmentation the examples are untouched
+        for row, i in enumerate(_ids(b)):
+            np.testing.assert_array_equal(b["image"][row], arrays["image"][i])
+
+
+def test_process_shards_form_the_global_batch(arrays):
+    whole = _take(arrays, 4, global_batch_size=6)
+    parts = [
+        _take(arrays, 4, global_batch_size=6, process_index=p, process_count=3) for p in range(3)
+    ]
+    for step in range(4):
+        shards = [p[step]["image"] for p in parts]
+        assert all(s.shape[0] == 2 for s in shards)
+        np.testing.assert_array_equal(np.concatenate(shards), whole[step]["image"])
+        ids = [set(_ids(p[step])) for p in parts]
+        assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    with pytest.raises(ValueError):
+        ip.train_batches(arrays, global_batch_size=5, seed=0, process_count=2)
+
+
+def test_augmentation_is_identical_for_image_and_label(arrays):
+    seen_transformed = False
+    for batch in _take(arrays, 6):
+        np.testing.assert_array_equal(batch["label"][..., 0], batch["image"][..., 0] > 0)
+        for row, i in enumerate(_ids(batch)):
+            orig = arrays["image"][i, :, :, 0]
+            variants = [np.rot90(v, r) for v in (orig, orig[::-1], orig[:, ::-1]) for r in range(4)]
+            got = batch["image"][row, :, :, 0]
+            assert any(np.array_equal(got, v) for v in variants)
+            seen_transformed |= not np.array_equal(got, orig)
+    assert seen_transformed
+
+
+@pytest.mark.parametrize("process_count", [1, 3])
+def test_eval_batches_pad_and_mask(arrays, process_count):
+    data = {"image": arrays["image"][:10], "z": np.arange(10, dtype=np.int32)}
+    counted: list[int] = []
+    n_batches = set()
+    for p in range(process_count):
+        batches = list(
+            ip.eval_batches(data, batch_size=3, process_index=p, process_count=process_count)
+        )
+        n_batches.add(len(batches))
+        for b in batches:
+            assert b["image"].shape == (3, S, S, 2) and b["mask"].dtype == np.float32
+            real = b["mask"] == 1
+            counted += b["z"][real].tolist()
+            assert np.all(b["image"][~real] == 0)
+    assert len(n_batches) == 1  # every process runs the same number of steps
+    assert sorted(counted) == list(range(10))
+
+
+def _write_case(root: Path, case_id: str, rng: np.random.Generator) -> None:
+    folder = root / case_id
+    folder.mkdir(parents=True)
+    shape = (12, 14, 6)
+    brain = np.zeros(shape, bool)
+    brain[2:10, 3:11, 1:5] = True
+    for m in ("t1", "t1ce", "t2", "flair"):
+        data = np.where(brain, rng.uniform(1, 2, shape), 0).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), folder / f"{case_id}_{m}.nii.gz")
+    seg = np.zeros(shape, np.uint8)
+    seg[4:7, 5:8, 2:4] = 2
+    seg[5, 6, 2] = 4
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{case_id}_seg.nii.gz")
+
+
+def test_build_arrays_and_cache(tmp_path, monkeypatch):
+    brats = pytest.importorskip("data_pipelines.brats")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        _write_case(tmp_path / "data", f"BraTS2021_{i:05d}", rng)
+    cases = brats.find_cases(tmp_path / "data", require_seg=True)
+    kw = dict(
+        image_size=8,
+        target="regions",
+        slice_range=None,
+        healthy_fraction=0.5,
+        seed=0,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    arrays = ip.build_arrays(cases, **kw)
+    n = len(arrays["z"])
+    assert n == 6  # per case: 2 tumour slices + 1 healthy
+    assert arrays["image"].shape == (n, 8, 8, 4) and arrays["label"].shape == (n, 8, 8, 3)
+    assert arrays["case"].dtype == np.int32 and arrays["case"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+
+    def boom(case):
+        raise AssertionError("cache was not used")
+
+    monkeypatch.setattr(brats, "load_case", boom)
+    again = ip.build_arrays(cases, **kw)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(again[key], value)
+    monkeypatch.undo()
+    wt = ip.build_arrays(cases, **{**kw, "target": "wt", "slice_range": (1, 5)})
+    assert wt["label"].shape == (8, 8, 8, 1)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    assert not list((tmp_path / "cache").glob(".*"))  # no temporary files left behind
