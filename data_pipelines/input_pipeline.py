@@ -61,9 +61,7 @@ def _cache_key(cases: Sequence[brats.CaseFiles], params: Mapping[str, Any]) -> s
         paths += [case.seg] if case.seg is not None else []
         stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in map(Path, paths)]
         files.append([case.case_id, stats])
-    blob = json.dumps(
-        {"version": _CACHE_VERSION, "params": params, "files": files}, sort_keys=True
-    )
+    blob = json.dumps({"version": _CACHE_VERSION, "params": params, "files": files}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -115,7 +113,9 @@ def build_arrays(
 
     channels = slices.TARGET_CHANNELS[target]
     parts: dict[str, list[np.ndarray]] = {"image": [], "label": [], "z": [], "case": []}
-    for i, case in enumerate(tqdm(cases, desc="preparing slices", unit="case", disable=not progress)):
+    for i, case in enumerate(
+        tqdm(cases, desc="preparing slices", unit="case", disable=not progress)
+    ):
         ex = slices.case_examples(
             brats.load_case(case),
             image_size,
@@ -180,7 +180,9 @@ def train_batches(
         raise ValueError(f"start_step={start_step} must be >= 0")
     n = int(len(arrays["image"]))
     if n == 0 or len(arrays["label"]) != n:
-        raise ValueError(f"need equally many (> 0) images and labels, got {n}, {len(arrays['label'])}")
+        raise ValueError(
+            f"need equally many (> 0) images and labels, got {n}, {len(arrays['label'])}"
+        )
 
     tf = _tf()
     local = global_batch_size // process_count

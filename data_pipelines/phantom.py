@@ -182,7 +182,9 @@ def _add_lesion(
     lo = np.maximum(centre - half, 0)
     hi = np.minimum(centre + half + 1, seg.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    p = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"))
+    p = np.stack(
+        np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
+    )
     q = np.einsum("ji,j...->i...", rot, (p - centre[:, None, None, None]).astype(np.float32))
     q /= axes[:, None, None, None].astype(np.float32)
     rho = np.sqrt((q**2).sum(0)) + 1e-6
@@ -209,8 +211,8 @@ def _add_lesion(
             continue
         alpha = ndi.gaussian_filter(region.astype(np.float32), sigma) * inside
         for seq, img in images.items():
-            rng_lo, rng_hi = (_LOW_CONTRAST if low else _LESION).get(label, {}).get(
-                seq, _LESION[label][seq]
+            rng_lo, rng_hi = (
+                (_LOW_CONTRAST if low else _LESION).get(label, {}).get(seq, _LESION[label][seq])
             )
             value = rng.uniform(rng_lo, rng_hi) * wm_level[seq] * texture
             img[box] += alpha * (value - img[box])

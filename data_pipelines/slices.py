@@ -125,7 +125,11 @@ def _check_volume(volume: np.ndarray, geom: SliceGeometry) -> np.ndarray:
 
 
 def to_slices(
-    volume: np.ndarray, geom: SliceGeometry, z: np.ndarray | Sequence[int], *, is_label: bool = False
+    volume: np.ndarray,
+    geom: SliceGeometry,
+    z: np.ndarray | Sequence[int],
+    *,
+    is_label: bool = False,
 ) -> np.ndarray:
     """[X,Y,Z,K] volume -> [N,S,S,K] float32 axial slices at indices ``z``.
 

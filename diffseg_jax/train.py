@@ -58,7 +58,7 @@ def create_train_state(
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        ema_params=params,
+        ema_params=jax.tree.map(jnp.copy, params),  # distinct buffers: both are donated
         opt_state=tx.init(params),
         rng=state_key,
         tx=tx,
