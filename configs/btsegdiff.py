@@ -18,10 +18,10 @@ def get_config(arg: str | None = None):
     c.method = "btsegdiff"
 
     c.model = m = c.__class__()
-    m.base_features = 32
-    m.multipliers = (1, 2, 4)
+    m.base_features = 16
+    m.multipliers = (1, 2, 4, 8)
     m.num_res_blocks = 1
-    m.attention_levels = (2,)
+    m.attention_levels = (3,)
     m.dropout = 0.0
     m.fourier_fusion = True
 
@@ -34,6 +34,7 @@ def get_config(arg: str | None = None):
     c.loss = lo = c.__class__()
     lo.noise_weight = 1.0
     lo.x0_weight = 0.5
+    lo.seg_weight = 1.0  # Dice + BCE on the x0 estimate (Diff-UNet); 0 in the paper preset
 
     if preset == "smoke":
         m.base_features = 8
@@ -45,5 +46,6 @@ def get_config(arg: str | None = None):
         m.num_res_blocks = 2
         m.attention_levels = (4, 5)
         d.parameterization = "eps"
+        lo.seg_weight = 0.0
         c.sampling.method = "ddpm"
     return c

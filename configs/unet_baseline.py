@@ -12,10 +12,10 @@ def get_config(arg: str | None = None):
     c.method = "unet_baseline"
 
     c.model = m = c.__class__()
-    m.base_features = 32
-    m.multipliers = (1, 2, 4)
+    m.base_features = 16
+    m.multipliers = (1, 2, 4, 8)
     m.num_res_blocks = 1
-    m.attention_levels = (2,)
+    m.attention_levels = (3,)
     m.dropout = 0.0
 
     if preset == "smoke":

@@ -105,9 +105,7 @@ def _visible(path: pathlib.Path) -> bool:
 
 
 _FILE_RES = [
-    re.compile(
-        rf"({pat.pattern}){re.escape(sep)}(?:{'|'.join([*sfx.values(), 'seg'])})\.nii(\.gz)?"
-    )
+    re.compile(rf"({pat.pattern}){re.escape(sep)}(?:{'|'.join([*sfx.values(), 'seg'])})\.nii(\.gz)?")
     for pat, sep, sfx in _SCHEMES.values()
 ]
 
@@ -122,9 +120,7 @@ def _case_id_in(folder: pathlib.Path) -> str | None:
         if (m := rx.fullmatch(entry.name))
     }
     if len(ids) > 1:
-        raise DataError(
-            f"{folder}: files of several cases in one folder ({', '.join(sorted(ids))})"
-        )
+        raise DataError(f"{folder}: files of several cases in one folder ({', '.join(sorted(ids))})")
     return ids.pop() if ids else None
 
 
@@ -136,9 +132,7 @@ def _find_file(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
     return None
 
 
-def _case_files(
-    folder: pathlib.Path, case_id: str, wanted: Sequence[str], require_seg: bool
-) -> CaseFiles:
+def _case_files(folder: pathlib.Path, case_id: str, wanted: Sequence[str], require_seg: bool) -> CaseFiles:
     scheme = _scheme_of(case_id)
     assert scheme is not None
     _, sep, suffixes = _SCHEMES[scheme]
@@ -263,9 +257,7 @@ def load_case(case: CaseFiles) -> CaseVolume:
     ref_path, ref_img, ref_data = volumes[0]
     for path, img, data in volumes[1:]:
         if data.shape != ref_data.shape:
-            raise DataError(
-                f"{path}: shape {data.shape} differs from {ref_data.shape} of {ref_path.name}"
-            )
+            raise DataError(f"{path}: shape {data.shape} differs from {ref_data.shape} of {ref_path.name}")
         if not np.allclose(img.affine, ref_img.affine, atol=1e-3):
             raise DataError(f"{path}: affine differs from that of {ref_path.name}")
     images = np.zeros((*ref_data.shape, len(MODALITIES)), dtype=np.float32)
@@ -291,9 +283,7 @@ def load_case(case: CaseFiles) -> CaseVolume:
 
 def _et_label(convention: str) -> int:
     if convention not in LABEL_VALUES:
-        raise DataError(
-            f"unknown label convention {convention!r} (expected one of {list(LABEL_VALUES)})"
-        )
+        raise DataError(f"unknown label convention {convention!r} (expected one of {list(LABEL_VALUES)})")
     return LABEL_VALUES[convention][3]
 
 
@@ -311,9 +301,7 @@ def regions_to_labels(regions: np.ndarray, convention: str) -> np.ndarray:
     et = _et_label(convention)
     regions = np.asarray(regions)
     if regions.ndim < 1 or regions.shape[-1] != 3:
-        raise DataError(
-            f"regions: expected a last axis of size 3 (WT, TC, ET), got {regions.shape}"
-        )
+        raise DataError(f"regions: expected a last axis of size 3 (WT, TC, ET), got {regions.shape}")
     wt = regions[..., 0].astype(bool)
     tc = wt & regions[..., 1].astype(bool)
     enh = tc & regions[..., 2].astype(bool)

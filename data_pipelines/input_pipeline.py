@@ -113,9 +113,7 @@ def build_arrays(
 
     channels = slices.TARGET_CHANNELS[target]
     parts: dict[str, list[np.ndarray]] = {"image": [], "label": [], "z": [], "case": []}
-    for i, case in enumerate(
-        tqdm(cases, desc="preparing slices", unit="case", disable=not progress)
-    ):
+    for i, case in enumerate(tqdm(cases, desc="preparing slices", unit="case", disable=not progress)):
         ex = slices.case_examples(
             brats.load_case(case),
             image_size,
@@ -180,9 +178,7 @@ def train_batches(
         raise ValueError(f"start_step={start_step} must be >= 0")
     n = int(len(arrays["image"]))
     if n == 0 or len(arrays["label"]) != n:
-        raise ValueError(
-            f"need equally many (> 0) images and labels, got {n}, {len(arrays['label'])}"
-        )
+        raise ValueError(f"need equally many (> 0) images and labels, got {n}, {len(arrays['label'])}")
 
     tf = _tf()
     local = global_batch_size // process_count

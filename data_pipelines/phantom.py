@@ -103,9 +103,7 @@ def _basis(n_fine: int, n_ctrl: int) -> np.ndarray:
     return (b / b.sum(1, keepdims=True)).astype(np.float32)
 
 
-def _smooth_fields(
-    rng: np.random.Generator, shape: tuple[int, ...], n: int, n_ctrl: int
-) -> np.ndarray:
+def _smooth_fields(rng: np.random.Generator, shape: tuple[int, ...], n: int, n_ctrl: int) -> np.ndarray:
     """``n`` smooth random fields of ~unit std, via separable interpolation of a coarse grid.
 
     Cheaper than zoom + spline filtering on the full grid: three small matrix products.
@@ -182,9 +180,7 @@ def _add_lesion(
     lo = np.maximum(centre - half, 0)
     hi = np.minimum(centre + half + 1, seg.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    p = np.stack(
-        np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
-    )
+    p = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"))
     q = np.einsum("ji,j...->i...", rot, (p - centre[:, None, None, None]).astype(np.float32))
     q /= axes[:, None, None, None].astype(np.float32)
     rho = np.sqrt((q**2).sum(0)) + 1e-6
@@ -211,9 +207,7 @@ def _add_lesion(
             continue
         alpha = ndi.gaussian_filter(region.astype(np.float32), sigma) * inside
         for seq, img in images.items():
-            rng_lo, rng_hi = (
-                (_LOW_CONTRAST if low else _LESION).get(label, {}).get(seq, _LESION[label][seq])
-            )
+            rng_lo, rng_hi = (_LOW_CONTRAST if low else _LESION).get(label, {}).get(seq, _LESION[label][seq])
             value = rng.uniform(rng_lo, rng_hi) * wm_level[seq] * texture
             img[box] += alpha * (value - img[box])
 

@@ -231,9 +231,7 @@ def case_examples(
         regions = np.zeros((*images.shape[:3], 3), dtype=bool)
     else:
         regions = np.asarray(labels_to_regions(volume.seg, volume.convention), dtype=bool)
-    z = select_slices(
-        mask, regions, slice_range=slice_range, healthy_fraction=healthy_fraction, rng=rng
-    )
+    z = select_slices(mask, regions, slice_range=slice_range, healthy_fraction=healthy_fraction, rng=rng)
     channels = TARGET_CHANNELS[target]
     return {
         "image": to_slices(normalize(images, mask), geom, z),

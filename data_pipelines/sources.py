@@ -26,9 +26,7 @@ def dataset_root(config: ml_collections.ConfigDict, progress: bool = True) -> pa
     )
 
 
-def load_splits(
-    config: ml_collections.ConfigDict, progress: bool = True
-) -> dict[str, list[brats.CaseFiles]]:
+def load_splits(config: ml_collections.ConfigDict, progress: bool = True) -> dict[str, list[brats.CaseFiles]]:
     """Finds and splits the labelled cases by patient (train/val/test, seeded)."""
     cases = brats.find_cases(dataset_root(config, progress), require_seg=True)
     return brats.split_cases(cases, tuple(config.data.split_fractions), seed=config.data.split_seed)

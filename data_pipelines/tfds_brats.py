@@ -34,8 +34,7 @@ class BratsSlices(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [
-        BratsSlicesConfig(name=f"s{s}", image_size=s, description=f"{s}x{s} slices")
-        for s in (64, 128, 240)
+        BratsSlicesConfig(name=f"s{s}", image_size=s, description=f"{s}x{s} slices") for s in (64, 128, 240)
     ] + [BratsSlicesConfig(name="s16", image_size=16, description="16x16, for smoke tests")]
     DEFAULT_CONFIG_NAME = "s128"
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\

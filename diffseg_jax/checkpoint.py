@@ -12,7 +12,10 @@ class Checkpoints:
     """`latest` keeps the newest `max_to_keep` steps (resume); `best_metric` keeps the best by a metric."""
 
     def __init__(
-        self, directory: str | pathlib.Path, max_to_keep: int | None = 2, best_metric: str | None = None
+        self,
+        directory: str | pathlib.Path,
+        max_to_keep: int | None = 2,
+        best_metric: str | None = None,
     ):
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,

@@ -43,16 +43,18 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     d.augment = True
 
     c.train = t = ml_collections.ConfigDict()
-    t.steps = 1000
+    t.steps = 1600
     t.batch_size = 8
-    t.learning_rate = 1e-3
+    t.optimizer = "adamw"  # 'adamw' or 'sgd' (Nesterov, train.momentum)
+    t.momentum = 0.9
+    t.learning_rate = 3e-4
     t.warmup_steps = 50
     t.weight_decay = 1e-4
     t.grad_clip = 1.0
     t.ema_decay = 0.995
     t.log_every = 50
-    t.checkpoint_every = 250
-    t.eval_every = 250
+    t.checkpoint_every = 400
+    t.eval_every = 400
     t.val_max_slices = 64
     t.keep_checkpoints = 2
 

@@ -43,12 +43,9 @@ def segment_volume(
         raise brats.DataError(f"{volume.case_id}: every voxel of every sequence is zero")
     geom = slices.slice_geometry(mask, config.data.image_size)
     inputs = slices.to_slices(slices.normalize(images, mask), geom, z)
-    out = inference.predict_slices(
-        predict_fn, params, inputs, key, mesh, config.eval.batch_size, progress
-    )
+    out = inference.predict_slices(predict_fn, params, inputs, key, mesh, config.eval.batch_size, progress)
     return {
-        name: slices.from_slices(out[name], geom, z) * mask[..., None]
-        for name in ("prob", "uncertainty")
+        name: slices.from_slices(out[name], geom, z) * mask[..., None] for name in ("prob", "uncertainty")
     }
 
 
@@ -60,9 +57,7 @@ def prediction_to_labels(prob: np.ndarray, convention: str, target: str) -> np.n
     return brats.regions_to_labels(regions, convention)
 
 
-def case_metrics(
-    labels: np.ndarray, volume: brats.CaseVolume, target: str
-) -> dict[str, dict[str, float]]:
+def case_metrics(labels: np.ndarray, volume: brats.CaseVolume, target: str) -> dict[str, dict[str, float]]:
     """Per-region metrics of the written labels against the reference (regions as in DESIGN.md)."""
     ref = brats.labels_to_regions(volume.seg, volume.convention)
     if target == "wt":

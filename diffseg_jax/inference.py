@@ -19,7 +19,11 @@ def make_predict_fn(method: Method, mesh: Mesh) -> PredictFn:
     """jit of method.predict with the slice batch sharded over the mesh and params replicated."""
     return jax.jit(
         method.predict,
-        in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh), parallel.replicated(mesh)),
+        in_shardings=(
+            parallel.replicated(mesh),
+            parallel.data_sharded(mesh),
+            parallel.replicated(mesh),
+        ),
         out_shardings=parallel.data_sharded(mesh),
     )
 

@@ -50,13 +50,10 @@ def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, ja
     """Turns this process's rows into global arrays sharded over the data axis."""
     sharding = data_sharded(mesh)
     return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-        for k, v in local_batch.items()
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()
     }
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
     if batch_size % mesh.size:
-        raise ValueError(
-            f"batch size {batch_size} is not divisible by the {mesh.size} devices of the mesh"
-        )
+        raise ValueError(f"batch size {batch_size} is not divisible by the {mesh.size} devices of the mesh")

@@ -39,14 +39,20 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with linear warmup and cosine decay, gradients clipped by global norm."""
+    """AdamW (or SGD) with linear warmup and cosine decay, gradients clipped by global norm."""
     t = config.train
     lr = optax.warmup_cosine_decay_schedule(
         0.0, t.learning_rate, min(t.warmup_steps, max(t.steps - 1, 1)), max(t.steps, 2), 0.05
     )
-    return optax.chain(
-        optax.clip_by_global_norm(t.grad_clip), optax.adamw(lr, weight_decay=t.weight_decay)
-    )
+    if t.optimizer == "adamw":
+        base = optax.adamw(lr, weight_decay=t.weight_decay)
+    elif t.optimizer == "sgd":  # ShaSpec's recipe: SGD with Nesterov momentum
+        base = optax.chain(
+            optax.add_decayed_weights(t.weight_decay), optax.sgd(lr, t.momentum, nesterov=True)
+        )
+    else:
+        raise ValueError(f"unknown train.optimizer {t.optimizer!r}; expected 'adamw' or 'sgd'")
+    return optax.chain(optax.clip_by_global_norm(t.grad_clip), base)
 
 
 def create_train_state(
@@ -156,9 +162,16 @@ def prepare_arrays(config, cases, seed: int, progress: bool) -> dict[str, np.nda
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    progress: bool = True,
+    stop_after: int | None = None,
 ) -> TrainState:
-    """Trains `config.method` to `config.train.steps`, resuming from the latest checkpoint in workdir."""
+    """Trains `config.method` to `config.train.steps`, resuming from the latest checkpoint in workdir.
+
+    `stop_after` ends this run (with a checkpoint) after that many steps, as a preemption would; the
+    next call resumes where it stopped.
+    """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t = config.train
@@ -173,7 +186,10 @@ def train_and_evaluate(
     )
     logging.info(
         "cases train/val/test: %d/%d/%d; train slices: %d",
-        len(splits["train"]), len(splits["val"]), len(splits["test"]), len(train_arrays["image"]),
+        len(splits["train"]),
+        len(splits["val"]),
+        len(splits["test"]),
+        len(train_arrays["image"]),
     )
 
     sample = {k: train_arrays[k][:1] for k in ("image", "label")}
@@ -197,14 +213,16 @@ def train_and_evaluate(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    writer = metric_writers.create_default_writer(
-        str(workdir), just_logging=jax.process_index() > 0
-    )
+    writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
 
     def validate(state, step):
         out = inference.predict_slices(
-            predict_fn, state.ema_params, val_arrays["image"], jax.random.PRNGKey(config.seed + 7),
-            mesh, config.eval.batch_size,
+            predict_fn,
+            state.ema_params,
+            val_arrays["image"],
+            jax.random.PRNGKey(config.seed + 7),
+            mesh,
+            config.eval.batch_size,
         )
         dice = slice_dice(out["prob"], val_arrays["label"])
         scalars = {f"val/dice_{i}": float(v) for i, v in enumerate(dice)}
@@ -215,9 +233,10 @@ def train_and_evaluate(
 
     last_saved = start
     tic = time.perf_counter()
-    with _StopRequest() as stop, tqdm(
-        total=t.steps, initial=start, desc="training", disable=not progress
-    ) as bar:
+    with (
+        _StopRequest() as stop,
+        tqdm(total=t.steps, initial=start, desc="training", disable=not progress) as bar,
+    ):
         for step in range(start, t.steps):
             batch = parallel.global_batch(mesh, next(batches))
             state, metrics = step_fn(state, batch)
@@ -234,13 +253,15 @@ def train_and_evaluate(
                 scalars["train/steps_per_second"] = (done - start) / (time.perf_counter() - tic)
                 writer.write_scalars(done, scalars)
                 bar.set_postfix(loss=f"{loss:.4f}")
+            if stop_after is not None and done - start >= stop_after:
+                stop.requested = True
             if done % t.checkpoint_every == 0 or done == t.steps or stop.requested:
                 latest.save(done, state)
                 last_saved = done
             if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
                 bar.set_postfix(val_dice=f"{validate(state, done):.3f}")
             if stop.requested:
-                logging.warning("SIGTERM: saved step %d, stopping", last_saved)
+                logging.warning("stop requested: saved step %d, stopping", last_saved)
                 break
     writer.flush()
     latest.close()

@@ -64,9 +64,7 @@ def test_each_epoch_is_a_permutation(arrays):
 
 def test_process_shards_form_the_global_batch(arrays):
     whole = _take(arrays, 4, global_batch_size=6)
-    parts = [
-        _take(arrays, 4, global_batch_size=6, process_index=p, process_count=3) for p in range(3)
-    ]
+    parts = [_take(arrays, 4, global_batch_size=6, process_index=p, process_count=3) for p in range(3)]
     for step in range(4):
         shards = [p[step]["image"] for p in parts]
         assert all(s.shape[0] == 2 for s in shards)
@@ -96,9 +94,7 @@ def test_eval_batches_pad_and_mask(arrays, process_count):
     counted: list[int] = []
     n_batches = set()
     for p in range(process_count):
-        batches = list(
-            ip.eval_batches(data, batch_size=3, process_index=p, process_count=process_count)
-        )
+        batches = list(ip.eval_batches(data, batch_size=3, process_index=p, process_count=process_count))
         n_batches.add(len(batches))
         for b in batches:
             assert b["image"].shape == (3, S, S, 2) and b["mask"].dtype == np.float32

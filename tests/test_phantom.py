@@ -88,9 +88,7 @@ def test_tumour_free_fraction_and_case():
 
 
 def test_write_dataset_layout(tmp_path: pathlib.Path):
-    root = phantom.write_dataset(
-        tmp_path / "ds", num_cases=3, seed=0, spacing_mm=SPACING, progress=False
-    )
+    root = phantom.write_dataset(tmp_path / "ds", num_cases=3, seed=0, spacing_mm=SPACING, progress=False)
     assert sorted(p.name for p in root.iterdir()) == [
         "BraTS2021_00000",
         "BraTS2021_00001",
@@ -125,16 +123,12 @@ def test_ensure_dataset_reuses(tmp_path: pathlib.Path, monkeypatch: pytest.Monke
         raise AssertionError("dataset should have been reused")
 
     monkeypatch.setattr(phantom, "write_dataset", boom)
-    again = phantom.ensure_dataset(
-        tmp_path, num_cases=2, seed=3, spacing_mm=SPACING, progress=False
-    )
+    again = phantom.ensure_dataset(tmp_path, num_cases=2, seed=3, spacing_mm=SPACING, progress=False)
     assert again == path
     assert (marker.stat().st_mtime_ns, (path / "phantom.json").stat().st_mtime_ns) == mtimes
 
 
-def test_interrupted_generation_is_not_complete(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_interrupted_generation_is_not_complete(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch):
     name = "phantom-n2-s0-4mm"
     # A killed run leaves a hidden temp dir; a crash between swap and json leaves no marker.
     leftover = tmp_path / f".{name}.tmp-dead"

@@ -89,9 +89,7 @@ def test_downsampled_round_trip_is_close_for_smooth_volume():
 @pytest.mark.parametrize("shape", [(240, 240, 155), (99, 117, 95)])
 def test_typical_and_odd_volume_shapes(shape):
     x, y, z = shape
-    vol = _box_volume(
-        shape, (slice(x // 5, 4 * x // 5), slice(y // 6, 5 * y // 6), slice(5, z - 5))
-    )
+    vol = _box_volume(shape, (slice(x // 5, 4 * x // 5), slice(y // 6, 5 * y // 6), slice(5, z - 5)))
     g = sl.slice_geometry(sl.brain_mask(vol), image_size=32)
     zs = np.array([0, z // 2, z - 1])
     s = sl.to_slices(vol, g, zs)
@@ -161,9 +159,7 @@ def test_case_examples_shapes_and_targets():
     assert ex["label"][..., 0].sum() > 0 and ex["label"][..., 2].sum() > 0
     wt = sl.case_examples(case, 16, target="wt", slice_range=(0, 12), rng=np.random.default_rng(0))
     assert wt["label"].shape == (8, 16, 16, 1)
-    no_seg = sl.case_examples(
-        _fake_case(None), 8, slice_range=(0, 12), rng=np.random.default_rng(0)
-    )
+    no_seg = sl.case_examples(_fake_case(None), 8, slice_range=(0, 12), rng=np.random.default_rng(0))
     assert no_seg["label"].shape == (8, 8, 8, 3) and not no_seg["label"].any()
     with pytest.raises(ValueError):
         sl.case_examples(case, 16, target="bad", rng=np.random.default_rng(0))

@@ -41,9 +41,7 @@ def built(tmp_path_factory):
     for i in range(N_CASES):
         _write_case(tmp / "manual", i, rng)
     builder = BratsSlices(config="s16", data_dir=str(tmp / "tfds"))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp / "manual"))
-    )
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp / "manual")))
     return builder
 
 

@@ -55,5 +55,6 @@ def make_schedule(kind: str, num_steps: int) -> Schedule:
         raise ValueError(f"unknown noise schedule {kind!r}; expected 'linear' or 'cosine'")
     alphas_cumprod = np.cumprod(1.0 - betas)
     return Schedule(
-        betas=jnp.asarray(betas, jnp.float32), alphas_cumprod=jnp.asarray(alphas_cumprod, jnp.float32)
+        betas=jnp.asarray(betas, jnp.float32),
+        alphas_cumprod=jnp.asarray(alphas_cumprod, jnp.float32),
     )

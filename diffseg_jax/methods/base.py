@@ -37,13 +37,17 @@ def num_outputs(target: str) -> int:
     raise ValueError(f"unknown data.target {target!r}; expected 'regions' or 'wt'")
 
 
-def soft_dice_loss(logits: jnp.ndarray, label: jnp.ndarray, eps: float = 1.0) -> jnp.ndarray:
-    """1 - soft Dice per channel over the batch, averaged over channels."""
-    prob = jax.nn.sigmoid(logits)
+def soft_dice_loss(prob: jnp.ndarray, label: jnp.ndarray, eps: float = 1.0) -> jnp.ndarray:
+    """1 - soft Dice per channel over the batch, averaged over channels (robust to class imbalance)."""
     axes = (0, 1, 2)
     inter = jnp.sum(prob * label, axis=axes)
     denom = jnp.sum(prob, axis=axes) + jnp.sum(label, axis=axes)
     return 1.0 - jnp.mean((2.0 * inter + eps) / (denom + eps))
+
+
+def binary_cross_entropy(prob: jnp.ndarray, label: jnp.ndarray) -> jnp.ndarray:
+    p = jnp.clip(prob, 1e-6, 1 - 1e-6)
+    return -jnp.mean(label * jnp.log(p) + (1 - label) * jnp.log(1 - p))
 
 
 def binary_entropy(prob: jnp.ndarray) -> jnp.ndarray:

@@ -26,11 +26,9 @@ def build(config: ml_collections.ConfigDict) -> Method:
         return model.init(key, batch["image"])["params"]
 
     def loss(params, batch, key):
-        logits = model.apply(
-            {"params": params}, batch["image"], train=True, rngs={"dropout": key}
-        )
+        logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": key})
         bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["label"]))
-        dice = soft_dice_loss(logits, batch["label"])
+        dice = soft_dice_loss(jax.nn.sigmoid(logits), batch["label"])
         return bce + dice, {"bce": bce, "soft_dice_loss": dice}
 
     def predict(params, images, key):

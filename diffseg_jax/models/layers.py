@@ -43,9 +43,7 @@ class ResBlock(nn.Module):
     dropout: float = 0.0
 
     @nn.compact
-    def __call__(
-        self, x: jnp.ndarray, temb: jnp.ndarray | None = None, train: bool = False
-    ) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, temb: jnp.ndarray | None = None, train: bool = False) -> jnp.ndarray:
         h = nn.silu(nn.GroupNorm(groups_for(x.shape[-1]))(x))
         h = nn.Conv(self.features, (3, 3))(h)
         if temb is not None:
@@ -67,9 +65,9 @@ class SelfAttention(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         b, h, w, c = x.shape
         y = nn.GroupNorm(groups_for(c))(x).reshape(b, h * w, c)
-        y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros
-        )(y)
+        y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros)(
+            y
+        )
         return x + y.reshape(b, h, w, c)
 
 

@@ -75,9 +75,7 @@ def level_features(base: int, multipliers: Sequence[int]) -> tuple[int, ...]:
 def check_divisible(side: int, num_levels: int) -> None:
     factor = 2 ** (num_levels - 1)
     if side % factor:
-        raise ValueError(
-            f"image side {side} is not divisible by the network's total downsampling {factor}"
-        )
+        raise ValueError(f"image side {side} is not divisible by the network's total downsampling {factor}")
 
 
 class UNet(nn.Module):
@@ -97,13 +95,17 @@ class UNet(nn.Module):
         h = nn.Conv(feats[0], (3, 3))(image)
         skips = []
         for level, features in enumerate(feats):
-            h = EncoderLevel(
-                features, self.num_res_blocks, level in self.attention_levels, self.dropout
-            )(h, None, train)
+            h = EncoderLevel(features, self.num_res_blocks, level in self.attention_levels, self.dropout)(
+                h, None, train
+            )
             skips.append(h)
             if level < len(feats) - 1:
                 h = Downsample(feats[level + 1])(h)
         h = Bottleneck(feats[-1], self.dropout)(h, None, train)
         return Decoder(
-            feats, tuple(self.attention_levels), self.num_res_blocks, self.out_channels, self.dropout
+            feats,
+            tuple(self.attention_levels),
+            self.num_res_blocks,
+            self.out_channels,
+            self.dropout,
         )(h, skips, None, train)
