@@ -9,7 +9,7 @@ Presets (`--config=configs/btsegdiff.py:smoke`, default, `:paper`):
   batch 8, EMA 0.9999, 100k steps), axial slices 80-120 at 256 px (BraTS 240 px padded).
 """
 
-from diffseg_jax.config_defaults import base_config, parse_preset
+from diffseg_jax.config_defaults import base_config, parse_preset, unet_model_config
 
 
 def get_config(arg: str | None = None):
@@ -17,13 +17,8 @@ def get_config(arg: str | None = None):
     c = base_config(preset)
     c.method = "btsegdiff"
 
-    c.model = m = c.__class__()
-    m.base_features = 16
-    m.multipliers = (1, 2, 4, 8)
-    m.num_res_blocks = 1
-    m.attention_levels = (3,)
-    m.dropout = 0.0
-    m.fourier_fusion = True
+    c.model = unet_model_config(preset)
+    c.model.fourier_fusion = True
 
     c.diffusion = d = c.__class__()
     d.num_steps = 1000
@@ -36,15 +31,7 @@ def get_config(arg: str | None = None):
     lo.x0_weight = 0.5
     lo.seg_weight = 1.0  # Dice + BCE on the x0 estimate (Diff-UNet); 0 in the paper preset
 
-    if preset == "smoke":
-        m.base_features = 8
-        m.multipliers = (1, 2)
-        m.attention_levels = (1,)
-    elif preset == "paper":
-        m.base_features = 64
-        m.multipliers = (1, 1, 2, 2, 4, 4)
-        m.num_res_blocks = 2
-        m.attention_levels = (4, 5)
+    if preset == "paper":
         d.parameterization = "eps"
         lo.seg_weight = 0.0
         c.sampling.method = "ddpm"

@@ -37,6 +37,19 @@ def num_outputs(target: str) -> int:
     raise ValueError(f"unknown data.target {target!r}; expected 'regions' or 'wt'")
 
 
+def unet_kwargs(config) -> dict[str, Any]:
+    """The U-Net shape fields of `config.model` (shared by every U-Net-based method) plus the outputs."""
+    m = config.model
+    return dict(
+        out_channels=num_outputs(config.data.target),
+        base_features=m.base_features,
+        multipliers=tuple(m.multipliers),
+        num_res_blocks=m.num_res_blocks,
+        attention_levels=tuple(m.attention_levels),
+        dropout=m.dropout,
+    )
+
+
 def soft_dice_loss(prob: jnp.ndarray, label: jnp.ndarray, eps: float = 1.0) -> jnp.ndarray:
     """1 - soft Dice per channel over the batch, averaged over channels (robust to class imbalance)."""
     axes = (0, 1, 2)

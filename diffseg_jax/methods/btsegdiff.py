@@ -17,21 +17,19 @@ import ml_collections
 from diffseg_jax import uncertainty
 from diffseg_jax.diffusion import process
 from diffseg_jax.diffusion.schedules import make_schedule
-from diffseg_jax.methods.base import Method, binary_cross_entropy, num_outputs, soft_dice_loss
+from diffseg_jax.methods.base import (
+    Method,
+    binary_cross_entropy,
+    num_outputs,
+    soft_dice_loss,
+    unet_kwargs,
+)
 from diffseg_jax.models.btsegdiff import BTSegDiffNet
 
 
 def build(config: ml_collections.ConfigDict) -> Method:
-    m, d, s = config.model, config.diffusion, config.sampling
-    model = BTSegDiffNet(
-        out_channels=num_outputs(config.data.target),
-        base_features=m.base_features,
-        multipliers=tuple(m.multipliers),
-        num_res_blocks=m.num_res_blocks,
-        attention_levels=tuple(m.attention_levels),
-        dropout=m.dropout,
-        fourier_fusion=m.fourier_fusion,
-    )
+    d, s = config.diffusion, config.sampling
+    model = BTSegDiffNet(**unet_kwargs(config), fourier_fusion=config.model.fourier_fusion)
     schedule = make_schedule(d.schedule, d.num_steps)
 
     def init(key, batch):

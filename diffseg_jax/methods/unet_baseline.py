@@ -7,20 +7,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from diffseg_jax.methods.base import Method, binary_entropy, num_outputs, soft_dice_loss
+from diffseg_jax.methods.base import Method, binary_entropy, soft_dice_loss, unet_kwargs
 from diffseg_jax.models.unet import UNet
 
 
 def build(config: ml_collections.ConfigDict) -> Method:
-    m = config.model
-    model = UNet(
-        out_channels=num_outputs(config.data.target),
-        base_features=m.base_features,
-        multipliers=tuple(m.multipliers),
-        num_res_blocks=m.num_res_blocks,
-        attention_levels=tuple(m.attention_levels),
-        dropout=m.dropout,
-    )
+    model = UNet(**unet_kwargs(config))
 
     def init(key, batch):
         return model.init(key, batch["image"])["params"]
