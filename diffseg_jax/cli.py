@@ -54,4 +54,15 @@ def main(mode: str) -> None:
         except (DataError, FileNotFoundError) as err:
             sys.exit(f"error: {err}")
 
-    app.run(run)
+    def parse_flags(argv):
+        """Flags parsing whose errors (e.g. an unknown config key) are one line, not a traceback."""
+        try:
+            return flags.FLAGS(argv)
+        except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
+            text = str(err).replace("\\n", "\n").replace("\\'", "'")
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            # A config file that raised comes with its traceback inside the message: keep its last line.
+            message = lines[-1] if "Traceback" in text else " ".join(lines)
+            sys.exit(f"error: bad command line: {message}")
+
+    app.run(run, flags_parser=parse_flags)

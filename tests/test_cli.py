@@ -110,3 +110,16 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     result = _run("run_eval.py", "--config=configs/btsegdiff.py:smoke", f"--workdir={tmp_path}", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def test_unknown_config_key_is_one_line(tmp_path):
+    result = _run(
+        "run_train.py",
+        "--config=configs/btsegdiff.py:smoke",
+        f"--workdir={tmp_path}",
+        "--config.train.stepz=3",
+        check=False,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: bad command line") and "steps" in last

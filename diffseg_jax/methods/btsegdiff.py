@@ -53,7 +53,10 @@ def build(config: ml_collections.ConfigDict) -> Method:
         total = config.loss.noise_weight * noise_mse + config.loss.x0_weight * x0_mse
         metrics = {"noise_mse": noise_mse, "x0_mse": x0_mse}
         if config.loss.seg_weight:
-            prob = uncertainty.mask_to_prob(terms["x0_hat"])
+            # sigmoid(4 x0) has the same 0.5 boundary as the clipped (x0 + 1) / 2 used at inference, but
+            # never saturates: with the clipped map, outputs below -1 get no Dice/BCE gradient and the
+            # model collapsed to "all background" mid-training (measured).
+            prob = jax.nn.sigmoid(4.0 * terms["x0_hat"])
             seg = soft_dice_loss(prob, batch["label"]) + binary_cross_entropy(prob, batch["label"])
             total = total + config.loss.seg_weight * seg
             metrics["seg_loss"] = seg
