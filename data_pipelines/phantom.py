@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2  # 2: subtle lesions stand out from GM and the bias field; radius >= 5 mm
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 LABELS = (0, 1, 2, 4)  # background, necrotic core (NCR), oedema (ED), enhancing tumour (ET)
 TUMOUR_FREE_BLOCK = 8  # exactly one tumour-free case per block of 8 indices (12.5 %)
@@ -42,10 +42,14 @@ _LESION = {
     4: {"t1": (0.75, 0.95), "t1ce": (1.35, 2.0), "t2": (1.2, 1.6), "flair": (1.2, 1.7)},
     1: {"t1": (0.3, 0.5), "t1ce": (0.3, 0.5), "t2": (1.8, 2.6), "flair": (0.5, 1.5)},
 }
-_LOW_CONTRAST = {  # subtle lesions: oedema only 15-30 % brighter in FLAIR, weak enhancement
-    2: {"t1": (0.88, 0.96), "t1ce": (0.88, 0.96), "t2": (1.15, 1.35), "flair": (1.15, 1.3)},
-    4: {"t1ce": (1.15, 1.35)},
+# Subtle lesions: oedema 30-50 % brighter than WM in FLAIR (GM is ~12 %), weak enhancement. Version 1 had
+# 15-30 %, inside the +-20 % of the bias field: such lesions are not identifiable from the images at all.
+_LOW_CONTRAST = {
+    2: {"t1": (0.85, 0.93), "t1ce": (0.85, 0.93), "t2": (1.4, 1.7), "flair": (1.3, 1.5)},
+    4: {"t1ce": (1.25, 1.45)},
 }
+_BIAS_AMPLITUDE = (0.03, 0.1)  # log-intensity sd of the smooth bias field (BraTS is bias-corrected)
+_CORE_RADIUS_MM = (5.0, 24.0)  # log-uniform; 5 mm is ~1.5 pixels at 64 px
 
 
 class Anatomy(NamedTuple):
@@ -170,7 +174,7 @@ def _add_lesion(
     gm, wm, csf, brain = tissue
     kind = rng.choice(["hgg", "solid", "lgg"], p=[0.5, 0.2, 0.3])
     low = rng.random() < 0.3
-    r0 = np.exp(rng.uniform(np.log(4.0), np.log(24.0))) / spacing_mm  # core radius, voxels
+    r0 = np.exp(rng.uniform(*np.log(_CORE_RADIUS_MM))) / spacing_mm  # core radius, voxels
     axes = r0 * rng.uniform(0.75, 1.25, 3)
     f_ed = 1.0 if kind == "lgg" else min(rng.uniform(1.2, 2.4), 34.0 / spacing_mm / axes.max())
     rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
@@ -241,7 +245,7 @@ def generate_case(
     noise_level = rng.uniform(0.015, 0.06)
     out: dict[str, np.ndarray] = {}
     for k, seq in enumerate(SEQUENCES):
-        v = images[seq].reshape(-1)[idx] * np.exp(rng.uniform(0.05, 0.2) * bias[k, idx])
+        v = images[seq].reshape(-1)[idx] * np.exp(rng.uniform(*_BIAS_AMPLITUDE) * bias[k, idx])
         sd = np.float32(noise_level * wm_level[seq] * rng.uniform(0.8, 1.2))
         n = rng.standard_normal((2, idx.size), dtype=np.float32) * sd
         v = np.sqrt((v + n[0]) ** 2 + n[1] ** 2)  # Rician: magnitude of complex Gaussian

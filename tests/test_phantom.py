@@ -78,6 +78,24 @@ def test_lesion_intensities():
     assert rel("t1", 1) < 1.0 and rel("flair", 2) > 1.0 and rel("t2", 2) > 1.0
 
 
+def test_every_oedema_is_identifiable_in_flair():
+    """Subtle lesions stay subtle but visible: oedema must outshine healthy tissue and the bias field.
+
+    Version 1 failed this (cases with only 53 % of oedema voxels above healthy FLAIR's 95th
+    percentile): its faintest lesions were inside the bias field's variation, so no model could find them.
+    """
+    checked = 0
+    for i in range(16):
+        case = phantom.generate_case(i, spacing_mm=SPACING)
+        seg, flair = case["seg"], case["flair"]
+        if not (seg == 2).any():
+            continue
+        healthy = (seg == 0) & (flair > 0)
+        assert np.mean(flair[seg == 2] > np.percentile(flair[healthy], 95)) > 0.9, f"case {i}"
+        checked += 1
+    assert checked >= 10
+
+
 def test_tumour_free_fraction_and_case():
     flags = [phantom.tumour_free(i, seed=0) for i in range(8 * 20)]
     assert sum(flags) == 20  # exactly one per block of 8
