@@ -9,30 +9,14 @@ Presets (`--config=configs/btsegdiff.py:smoke`, default, `:paper`):
   batch 8, EMA 0.9999, 100k steps), axial slices 80-120 at 256 px (BraTS 240 px padded).
 """
 
-from diffseg_jax.config_defaults import base_config, parse_preset, unet_model_config
+from diffseg_jax.config_defaults import add_diffusion, base_config, parse_preset, unet_model_config
 
 
 def get_config(arg: str | None = None):
     preset = parse_preset(arg)
     c = base_config(preset)
     c.method = "btsegdiff"
-
     c.model = unet_model_config(preset)
     c.model.fourier_fusion = True
-
-    c.diffusion = d = c.__class__()
-    d.num_steps = 1000
-    d.schedule = "linear"
-    d.parameterization = "x0"
-    d.min_snr_gamma = 5.0
-
-    c.loss = lo = c.__class__()
-    lo.noise_weight = 1.0
-    lo.x0_weight = 0.5
-    lo.seg_weight = 1.0  # Dice + BCE on the x0 estimate (Diff-UNet); 0 in the paper preset
-
-    if preset == "paper":
-        d.parameterization = "eps"
-        lo.seg_weight = 0.0
-        c.sampling.method = "ddpm"
+    add_diffusion(c, preset)
     return c

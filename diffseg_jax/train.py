@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import pathlib
 import signal
 import time
@@ -232,6 +233,7 @@ def train_and_evaluate(
         return scalars["val/dice"]
 
     last_saved = start
+    step_seconds: list[float] = []
     tic = time.perf_counter()
     with (
         _StopRequest() as stop,
@@ -239,8 +241,10 @@ def train_and_evaluate(
     ):
         for step in range(start, t.steps):
             batch = parallel.global_batch(mesh, next(batches))
+            step_tic = time.perf_counter()
             state, metrics = step_fn(state, batch)
-            loss = float(metrics["loss"])
+            loss = float(metrics["loss"])  # waits for the step: the timing below is the step's
+            step_seconds.append(time.perf_counter() - step_tic)
             if not np.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss became {loss} at step {step + 1}; stopped without saving, the last good "
@@ -266,4 +270,23 @@ def train_and_evaluate(
     writer.flush()
     latest.close()
     best.close()
+    if jax.process_index() == 0 and step_seconds:
+        _write_train_summary(workdir, config, state, step_seconds, time.perf_counter() - tic)
     return state
+
+
+def _write_train_summary(workdir, config, state, step_seconds: list[float], loop_seconds: float) -> None:
+    """<workdir>/train_summary.json: this run's timing (first step = compilation) and model size."""
+    steady = step_seconds[1:] or step_seconds
+    summary = {
+        "method": config.method,
+        "steps_this_run": len(step_seconds),
+        "final_step": int(state.step),
+        "batch_size": int(config.train.batch_size),
+        "devices": jax.device_count(),
+        "first_step_seconds": step_seconds[0],
+        "median_step_seconds": float(np.median(steady)),
+        "loop_seconds": loop_seconds,
+        "num_params": int(sum(np.size(p) for p in jax.tree.leaves(state.params))),
+    }
+    (workdir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

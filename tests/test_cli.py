@@ -41,6 +41,9 @@ def test_train_writes_checkpoints_and_logs(trained):
     assert (trained / "checkpoints" / "6").is_dir()
     assert any((trained / "best").iterdir())
     assert list(trained.glob("events.out.tfevents.*")), "TensorBoard events expected"
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert summary["final_step"] == summary["steps_this_run"] == 6
+    assert summary["median_step_seconds"] > 0 and summary["num_params"] > 1000
 
 
 def test_eval_writes_every_output(trained):
@@ -66,6 +69,16 @@ def test_eval_writes_every_output(trained):
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 4}
         assert float(row["wt_dice"]) >= 0.0
     assert list((out / "overlays").glob("*.png"))
+
+
+@pytest.mark.parametrize("config", ["medsegdiff_v1", "medsegdiff_v2"])
+def test_medsegdiff_smoke_trains_and_evaluates(config, tmp_path):
+    _run("run_train.py", f"--config=configs/{config}.py:smoke", f"--workdir={tmp_path}")
+    _run("run_eval.py", f"--config=configs/{config}.py:smoke", f"--workdir={tmp_path}")
+    summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert summary["method"] == config
+    assert np.isfinite(summary["regions"]["wt"]["dice"]["mean"])
+    assert list((tmp_path / "eval" / "predictions").glob("*_seg.nii.gz"))
 
 
 @pytest.mark.skipif(not REAL_CASE.is_dir(), reason="the shared real BraTS case is not present")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffseg_jax.models.btsegdiff import BTSegDiffNet
+from diffseg_jax.models.dual_encoder import DualEncoderNet
 from diffseg_jax.models.fourier import FFParser, FourierFusion
 from diffseg_jax.models.unet import UNet
 
@@ -52,7 +52,7 @@ def test_fourier_fusion_equals_numpy_formula():
 
 @pytest.mark.parametrize("size", [32, 48, 64, 96])
 def test_btsegdiff_builds_at_any_divisible_size(size):
-    net = BTSegDiffNet(out_channels=3, base_features=8, multipliers=(1, 2, 2), attention_levels=(2,))
+    net = DualEncoderNet(out_channels=3, base_features=8, multipliers=(1, 2, 2), attention_levels=(2,))
     x_t = jnp.zeros((1, size, size, 3))
     image = jnp.ones((1, size, size, 4))
     t = jnp.array([10])
@@ -64,15 +64,15 @@ def test_btsegdiff_builds_at_any_divisible_size(size):
 
 
 def test_btsegdiff_split_encode_denoise_equals_full_call_and_uses_inputs():
-    net = BTSegDiffNet(out_channels=1, base_features=8, multipliers=(1, 2))
+    net = DualEncoderNet(out_channels=1, base_features=8, multipliers=(1, 2))
     rng = np.random.default_rng(0)
     x_t = jnp.asarray(rng.normal(size=(2, 16, 16, 1)), jnp.float32)
     image = jnp.asarray(rng.normal(size=(2, 16, 16, 4)), jnp.float32)
     t = jnp.array([3, 700])
     params = net.init(jax.random.PRNGKey(0), x_t, t, image)
     full = net.apply(params, x_t, t, image)
-    cond = net.apply(params, image, method=BTSegDiffNet.encode_condition)
-    split = net.apply(params, x_t, t, cond, method=BTSegDiffNet.denoise)
+    cond = net.apply(params, image, method=DualEncoderNet.encode_condition)
+    split = net.apply(params, x_t, t, cond, method=DualEncoderNet.denoise)
     np.testing.assert_allclose(full, split, atol=1e-5)
     # Output depends on the image, the noisy mask and the step (zero-init convs can hide this: perturb
     # the params first).

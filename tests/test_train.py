@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from configs import btsegdiff as btsegdiff_config
+from configs import medsegdiff_v1 as v1_config
+from configs import medsegdiff_v2 as v2_config
 from configs import unet_baseline as unet_config
 from diffseg_jax import parallel
 from diffseg_jax.checkpoint import Checkpoints
@@ -56,7 +58,7 @@ def test_sharded_step_on_four_devices_equals_single_device():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), sharded, single)
 
 
-@pytest.mark.parametrize("config_module", [btsegdiff_config, unet_config])
+@pytest.mark.parametrize("config_module", [btsegdiff_config, v1_config, v2_config, unet_config])
 def test_loss_falls_when_overfitting_a_tiny_batch(config_module):
     config = _smoke(config_module, train__steps=60, train__learning_rate=3e-3)
     batch = _tiny_batch()

@@ -58,6 +58,13 @@ def soft_dice_loss(prob: jnp.ndarray, label: jnp.ndarray, eps: float = 1.0) -> j
     return 1.0 - jnp.mean((2.0 * inter + eps) / (denom + eps))
 
 
+def per_example_soft_dice_loss(prob: jnp.ndarray, label: jnp.ndarray, eps: float = 1.0) -> jnp.ndarray:
+    """[B]: 1 - soft Dice of each example, averaged over channels."""
+    inter = jnp.sum(prob * label, axis=(1, 2))
+    denom = jnp.sum(prob, axis=(1, 2)) + jnp.sum(label, axis=(1, 2))
+    return 1.0 - jnp.mean((2.0 * inter + eps) / (denom + eps), axis=-1)
+
+
 def binary_cross_entropy(prob: jnp.ndarray, label: jnp.ndarray) -> jnp.ndarray:
     p = jnp.clip(prob, 1e-6, 1 - 1e-6)
     return -jnp.mean(label * jnp.log(p) + (1 - label) * jnp.log(1 - p))

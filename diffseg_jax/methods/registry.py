@@ -10,6 +10,8 @@ from diffseg_jax.methods.base import Method
 
 _METHODS = {
     "btsegdiff": "diffseg_jax.methods.btsegdiff",
+    "medsegdiff_v1": "diffseg_jax.methods.medsegdiff_v1",
+    "medsegdiff_v2": "diffseg_jax.methods.medsegdiff_v2",
     "unet_baseline": "diffseg_jax.methods.unet_baseline",
 }
 

@@ -60,14 +60,15 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention over the spatial positions, residual, for low resolutions."""
 
     num_heads: int = 4
+    normalize_qk: bool = True  # QK layer norm: bounded attention logits (no late-training spikes)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         b, h, w, c = x.shape
         y = nn.GroupNorm(groups_for(c))(x).reshape(b, h * w, c)
-        y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros)(
-            y
-        )
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, normalize_qk=self.normalize_qk, out_kernel_init=nn.initializers.zeros
+        )(y)
         return x + y.reshape(b, h, w, c)
 
 
@@ -87,3 +88,8 @@ class Upsample(nn.Module):
         b, h, w, c = x.shape
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         return nn.Conv(self.features, (3, 3))(x)
+
+
+def feature_layer_norm() -> nn.LayerNorm:
+    """Layer norm over a whole feature map (H, W, C) with a per-channel affine (BTSegDiff, MedSegDiff)."""
+    return nn.LayerNorm(reduction_axes=(-3, -2, -1), feature_axes=-1)

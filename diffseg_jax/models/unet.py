@@ -53,8 +53,14 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, h: jnp.ndarray, skips: Sequence[jnp.ndarray], temb: jnp.ndarray | None, train: bool
-    ) -> jnp.ndarray:
+        self,
+        h: jnp.ndarray,
+        skips: Sequence[jnp.ndarray],
+        temb: jnp.ndarray | None,
+        train: bool,
+        return_features: bool = False,
+    ) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
+        """The output map; with `return_features` also the last decoded feature map (before the head)."""
         for level in reversed(range(len(self.level_features))):
             features = self.level_features[level]
             h = jnp.concatenate([h, skips[level]], axis=-1)
@@ -65,7 +71,8 @@ class Decoder(nn.Module):
             if level > 0:
                 h = Upsample(self.level_features[level - 1])(h)
         h = nn.silu(nn.GroupNorm(groups_for(h.shape[-1]))(h))
-        return nn.Conv(self.out_channels, (3, 3))(h)
+        out = nn.Conv(self.out_channels, (3, 3))(h)
+        return (out, h) if return_features else out
 
 
 def level_features(base: int, multipliers: Sequence[int]) -> tuple[int, ...]:
@@ -79,7 +86,11 @@ def check_divisible(side: int, num_levels: int) -> None:
 
 
 class UNet(nn.Module):
-    """Plain deterministic U-Net on the sequences: the baseline a diffusion model must beat."""
+    """Plain deterministic U-Net on the sequences: the baseline a diffusion model must beat.
+
+    With `return_features` it returns {"logits", "decoded" (last decoder feature map), "semantic"
+    (bottleneck output)}: MedSegDiff-V2's condition model.
+    """
 
     out_channels: int
     base_features: int = 32
@@ -87,9 +98,10 @@ class UNet(nn.Module):
     num_res_blocks: int = 1
     attention_levels: Sequence[int] = (2,)
     dropout: float = 0.0
+    return_features: bool = False
 
     @nn.compact
-    def __call__(self, image: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(self, image: jnp.ndarray, train: bool = False) -> jnp.ndarray | dict[str, jnp.ndarray]:
         check_divisible(image.shape[1], len(self.multipliers))
         feats = level_features(self.base_features, self.multipliers)
         h = nn.Conv(feats[0], (3, 3))(image)
@@ -101,11 +113,10 @@ class UNet(nn.Module):
             skips.append(h)
             if level < len(feats) - 1:
                 h = Downsample(feats[level + 1])(h)
-        h = Bottleneck(feats[-1], self.dropout)(h, None, train)
-        return Decoder(
-            feats,
-            tuple(self.attention_levels),
-            self.num_res_blocks,
-            self.out_channels,
-            self.dropout,
-        )(h, skips, None, train)
+        semantic = Bottleneck(feats[-1], self.dropout)(h, None, train)
+        attn = tuple(self.attention_levels)
+        decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout)
+        if not self.return_features:
+            return decoder(semantic, skips, None, train)
+        logits, decoded = decoder(semantic, skips, None, train, return_features=True)
+        return {"logits": logits, "decoded": decoded, "semantic": semantic}

@@ -1,9 +1,9 @@
-"""BTSegDiff's denoiser: two encoders (EC on the sequences, EU on the noisy mask) fused per level.
+"""Two-encoder conditional denoiser: EC on the sequences, EU on the noisy mask, fused at every level.
 
-At each level l: A = LN(m_xt) + LN(m_I) (multimodal dynamic conditional guidance) and
-m~ = FourierFusion(m_xt, m_I); the fused feature A + m~ continues down EU and is the skip for the
-decoder (with attention and skips). EC does not depend on the step or the noisy mask, so its features
-are computed once per image (`encode_condition`) and reused at every sampling step and sample.
+BTSegDiff and MedSegDiff-V1 share this shape and differ in the per-level fusion (`models/fusion.py`):
+the fused feature continues down EU and is the decoder's skip (decoder with attention and skips). EC
+does not depend on the step or the noisy mask, so its features are computed once per image
+(`encode_condition`) and reused at every sampling step and sample.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffseg_jax.models.fourier import FourierFusion
+from diffseg_jax.models.fusion import FUSIONS
 from diffseg_jax.models.layers import Downsample, TimeEmbedding
 from diffseg_jax.models.unet import (
     Bottleneck,
@@ -24,19 +24,17 @@ from diffseg_jax.models.unet import (
 )
 
 
-def _feature_layer_norm() -> nn.LayerNorm:
-    """Layer norm over the whole feature map (H, W, C) with a per-channel affine."""
-    return nn.LayerNorm(reduction_axes=(-3, -2, -1), feature_axes=-1)
+class DualEncoderNet(nn.Module):
+    """`fusion`: 'btsegdiff' (option `fourier`) or 'medsegdiff_v1' (option `fourier` = FF-Parser)."""
 
-
-class BTSegDiffNet(nn.Module):
     out_channels: int
     base_features: int = 32
     multipliers: Sequence[int] = (1, 2, 4)
     num_res_blocks: int = 1
     attention_levels: Sequence[int] = (2,)
     dropout: float = 0.0
-    fourier_fusion: bool = True
+    fusion: str = "btsegdiff"
+    fourier: bool = True
 
     def setup(self):
         feats = level_features(self.base_features, self.multipliers)
@@ -53,10 +51,9 @@ class BTSegDiffNet(nn.Module):
         ]
         self.cond_down = [Downsample(feats[i + 1]) for i in range(last)]
         self.noisy_down = [Downsample(feats[i + 1]) for i in range(last)]
-        self.norm_noisy = [_feature_layer_norm() for _ in feats]
-        self.norm_cond = [_feature_layer_norm() for _ in feats]
-        if self.fourier_fusion:
-            self.fusions = [FourierFusion() for _ in feats]
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {self.fusion!r}; expected one of {sorted(FUSIONS)}")
+        self.fusions = [FUSIONS[self.fusion](self.fourier) for _ in feats]
         self.bottleneck = Bottleneck(feats[-1], self.dropout)
         self.decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout)
 
@@ -85,10 +82,7 @@ class BTSegDiffNet(nn.Module):
         skips = []
         for level, block in enumerate(self.noisy_levels):
             m_xt = block(h, temb, train)
-            m_image = cond[level]
-            h = self.norm_noisy[level](m_xt) + self.norm_cond[level](m_image)
-            if self.fourier_fusion:
-                h = h + self.fusions[level](m_xt, m_image)
+            h = self.fusions[level](m_xt, cond[level])
             skips.append(h)
             if level < len(self.noisy_down):
                 h = self.noisy_down[level](h)
