@@ -90,6 +90,8 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     t.batch_size = 8
     t.optimizer = "adamw"  # 'adamw' or 'sgd' (Nesterov, train.momentum)
     t.momentum = 0.9
+    t.adam_b1 = 0.9
+    t.adam_b2 = 0.999
     t.learning_rate = 3e-4
     t.warmup_steps = 50
     t.weight_decay = 1e-4

@@ -39,14 +39,21 @@ class TrainState(flax.struct.PyTreeNode):
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup to train.learning_rate, then cosine decay to 5% of it at train.steps."""
+    t = config.train
+    warmup = min(t.warmup_steps, max(t.steps - 1, 1))
+    return optax.warmup_cosine_decay_schedule(
+        0.0, t.learning_rate, warmup, max(t.steps, 2), end_value=0.05 * t.learning_rate
+    )
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """AdamW (or SGD) with linear warmup and cosine decay, gradients clipped by global norm."""
     t = config.train
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, t.learning_rate, min(t.warmup_steps, max(t.steps - 1, 1)), max(t.steps, 2), 0.05
-    )
+    lr = learning_rate_schedule(config)
     if t.optimizer == "adamw":
-        base = optax.adamw(lr, weight_decay=t.weight_decay)
+        base = optax.adamw(lr, b1=t.adam_b1, b2=t.adam_b2, weight_decay=t.weight_decay)
     elif t.optimizer == "sgd":  # ShaSpec's recipe: SGD with Nesterov momentum
         base = optax.chain(
             optax.add_decayed_weights(t.weight_decay), optax.sgd(lr, t.momentum, nesterov=True)

@@ -62,6 +62,20 @@ def test_gaussian_kernel_is_normalised_centred_on_its_mean_and_widens_with_sigma
     assert wide[3, 3] < k[3, 3] and wide[0, 0] > k[0, 0]
 
 
+def test_gaussian_kernel_has_gradients_for_its_mean_and_variance():
+    rng = np.random.default_rng(6)
+    anchor = jnp.asarray(rng.normal(size=(1, 12, 12, 3)), jnp.float32)
+    target = jnp.asarray(rng.normal(size=(1, 12, 12, 3)), jnp.float32)
+    module = SpatialAttentionAnchor()
+    params = module.init(jax.random.PRNGKey(0), target, anchor)["params"]
+
+    def loss(p):
+        return jnp.sum((module.apply({"params": p}, target, anchor) - target) ** 2)
+
+    grads = jax.grad(loss)(params)
+    assert np.all(np.abs(np.asarray(grads["mean"])) > 0) and abs(float(grads["log_sigma"])) > 0
+
+
 @pytest.mark.parametrize("uncertain", [True, False])
 def test_spatial_attention_anchor_equals_formula(uncertain):
     rng = np.random.default_rng(1)
@@ -111,7 +125,7 @@ def test_ss_former_starts_as_identity_and_keeps_shape():
     np.testing.assert_allclose(out, noisy, atol=1e-6)  # zero-initialised output projections
 
 
-@pytest.mark.parametrize("size", [32, 48])
+@pytest.mark.parametrize("size", [48, 64, 96])
 def test_v2_builds_at_any_divisible_size_and_switches_remove_their_layers(size):
     x_t = jnp.zeros((1, size, size, 3))
     image = jnp.ones((1, size, size, 4))

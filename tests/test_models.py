@@ -50,16 +50,20 @@ def test_fourier_fusion_equals_numpy_formula():
     assert not np.allclose(out, out2)
 
 
-@pytest.mark.parametrize("size", [32, 48, 64, 96])
-def test_btsegdiff_builds_at_any_divisible_size(size):
-    net = DualEncoderNet(out_channels=3, base_features=8, multipliers=(1, 2, 2), attention_levels=(2,))
+@pytest.mark.parametrize("fusion", ["btsegdiff", "medsegdiff_v1"])
+@pytest.mark.parametrize("size", [48, 64, 96])
+def test_dual_encoder_builds_at_any_divisible_size(size, fusion):
+    net = DualEncoderNet(
+        out_channels=3, base_features=8, multipliers=(1, 2, 2), attention_levels=(2,), fusion=fusion
+    )
     x_t = jnp.zeros((1, size, size, 3))
     image = jnp.ones((1, size, size, 4))
     t = jnp.array([10])
     params = net.init(jax.random.PRNGKey(0), x_t, t, image)
     out = net.apply(params, x_t, t, image)
     assert out.shape == (1, size, size, 3)
-    spectral = params["params"]["fusions_0"]["SpectralWeight_0"]["real"]
+    parser = "FourierFusion_0" if fusion == "btsegdiff" else "FFParser_0"
+    spectral = params["params"]["fusions_0"][parser]["SpectralWeight_0"]["real"]
     assert spectral.shape == (size, size // 2 + 1, 8)
 
 

@@ -15,6 +15,7 @@ from diffseg_jax.methods.registry import build_method
 from diffseg_jax.train import (
     TrainingDiverged,
     create_train_state,
+    learning_rate_schedule,
     make_train_step,
     train_and_evaluate,
 )
@@ -46,6 +47,20 @@ def _run_steps(config, mesh, batch, steps):
     for _ in range(steps):
         state, _ = step_fn(state, parallel.global_batch(mesh, batch))
     return jax.device_get(state.params)
+
+
+def test_learning_rate_warms_up_then_decays_to_five_percent_and_never_exceeds_the_peak():
+    # Session 1 passed 0.05 as optax's absolute end value: the "decay" rose to 0.05 (166x the peak) and
+    # every model degraded after ~250 steps.
+    config = btsegdiff_config.get_config("")
+    schedule = learning_rate_schedule(config)
+    peak, steps = config.train.learning_rate, config.train.steps
+    values = np.array([float(schedule(s)) for s in range(0, steps + 1, 10)])
+    assert values.max() == pytest.approx(peak, rel=1e-6)
+    assert float(schedule(config.train.warmup_steps)) == pytest.approx(peak, rel=1e-6)
+    assert float(schedule(steps)) == pytest.approx(0.05 * peak, rel=1e-4)
+    after = values[values.argmax() :]
+    assert np.all(np.diff(after) <= 1e-12)
 
 
 def test_sharded_step_on_four_devices_equals_single_device():

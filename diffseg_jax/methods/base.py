@@ -65,11 +65,6 @@ def per_example_soft_dice_loss(prob: jnp.ndarray, label: jnp.ndarray, eps: float
     return 1.0 - jnp.mean((2.0 * inter + eps) / (denom + eps), axis=-1)
 
 
-def binary_cross_entropy(prob: jnp.ndarray, label: jnp.ndarray) -> jnp.ndarray:
-    p = jnp.clip(prob, 1e-6, 1 - 1e-6)
-    return -jnp.mean(label * jnp.log(p) + (1 - label) * jnp.log(1 - p))
-
-
 def binary_entropy(prob: jnp.ndarray) -> jnp.ndarray:
     p = jnp.clip(prob, 1e-6, 1 - 1e-6)
     return -(p * jnp.log(p) + (1 - p) * jnp.log(1 - p))

@@ -3,9 +3,12 @@
 Loss = noise_weight * ||eps - eps_hat||^2 + x0_weight * mean((x0_hat - G)^2) (BTSegDiff: 1 and 1/2), plus
 seg_weight * (soft Dice + BCE) of the x0 estimate read as a probability: the auxiliary term of Diff-UNet,
 whose code BTSegDiff's copies. It is off in the paper presets and on in the CPU demo, where tumours cover ~1%
-of the pixels and the MSE terms alone collapse to "all background" within a short budget. A method may add
-a loss on the network's recorded intermediates (MedSegDiff-V2's condition model). Masks are diffused in
-[-1, 1]. Prediction: S chains as a vmap axis with the condition computed once per image, fused by
+of the pixels. With x0-prediction the network's raw output r is the mask's logits and x0 = 2 sigmoid(r) - 1
+(Diff-UNet's sigmoid on the x0 output): every term then pulls r the same way. With an unbounded x0 and
+Dice/BCE on sigmoid(4 x0), the overlap terms pushed background below -1 against the MSE, |x0| crept up and
+training spiked and collapsed to "all background" after 300-500 steps at lr 3e-4 and at 1e-4 (measured).
+A method may add a loss on the network's recorded intermediates (MedSegDiff-V2's condition model). Masks are
+diffused in [-1, 1]. Prediction: S chains as a vmap axis with the condition computed once per image, fused by
 `sampling.fusion`: 'stepwise' (BTSegDiff's stepwise uncertainty) or 'mean' (MedSegDiff's ensemble mean).
 """
 
@@ -18,11 +21,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from diffseg_jax import uncertainty
 from diffseg_jax.diffusion import process
 from diffseg_jax.diffusion.schedules import make_schedule
-from diffseg_jax.methods.base import Method, binary_cross_entropy, num_outputs, soft_dice_loss
+from diffseg_jax.methods.base import Method, num_outputs, soft_dice_loss
 
 FUSIONS = ("stepwise", "mean")
 
@@ -38,6 +42,11 @@ def build_conditional_diffusion(
     if s.fusion not in FUSIONS:
         raise ValueError(f"unknown sampling.fusion {s.fusion!r}; expected one of {FUSIONS}")
     schedule = make_schedule(d.schedule, d.num_steps)
+    bounded = d.parameterization == "x0"
+
+    def link(raw: jnp.ndarray) -> jnp.ndarray:
+        """x0-prediction goes through x0 = 2 sigmoid(raw) - 1, so `raw` are the mask's logits."""
+        return 2.0 * jax.nn.sigmoid(raw) - 1.0 if bounded else raw
 
     def init(key, batch):
         label = batch["label"]
@@ -50,7 +59,7 @@ def build_conditional_diffusion(
         t = process.sample_timesteps(t_key, x0.shape[0], d.num_steps)
         noise = jax.random.normal(noise_key, x0.shape)
         x_t = process.q_sample(schedule, x0, t, noise)
-        out, state = model.apply(
+        raw, state = model.apply(
             {"params": params},
             x_t,
             t,
@@ -60,21 +69,17 @@ def build_conditional_diffusion(
             mutable=["intermediates"],
         )
         terms = process.diffusion_losses(
-            schedule, d.parameterization, x_t, t, out, x0, noise, d.min_snr_gamma
+            schedule, d.parameterization, x_t, t, link(raw), x0, noise, d.min_snr_gamma
         )
         noise_mse, x0_mse = jnp.mean(terms["noise_mse"]), jnp.mean(terms["x0_mse"])
         total = config.loss.noise_weight * noise_mse + config.loss.x0_weight * x0_mse
         metrics = {"noise_mse": noise_mse, "x0_mse": x0_mse}
         if config.loss.seg_weight:
-            # sigmoid(4 x0) has the same 0.5 boundary as the clipped (x0 + 1) / 2 used at inference, but
-            # never saturates: with the clipped map, outputs below -1 get no Dice/BCE gradient and the
-            # model collapsed to "all background" mid-training (measured). BCE's targets are
-            # sigmoid(+-4), so its minimum is x0 = +-1 like the MSE's: against hard 0/1 targets it drove
-            # |x0| up without bound until training blew up and collapsed at step ~375 (measured).
-            prob = jax.nn.sigmoid(4.0 * terms["x0_hat"])
             label = batch["label"]
-            soft_label = jax.nn.sigmoid(4.0 * (2.0 * label - 1.0))
-            seg = soft_dice_loss(prob, label) + binary_cross_entropy(prob, soft_label)
+            logits = raw if bounded else 4.0 * terms["x0_hat"]
+            prob = jax.nn.sigmoid(logits)
+            bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, label))
+            seg = soft_dice_loss(prob, label) + bce
             total = total + config.loss.seg_weight * seg
             metrics["seg_loss"] = seg
         if extra_loss is not None:
@@ -90,7 +95,7 @@ def build_conditional_diffusion(
 
         def denoise(x_t, t):
             steps = jnp.full((batch,), t, jnp.int32)
-            return model.apply(variables, x_t, steps, cond, method=model.denoise)
+            return link(model.apply(variables, x_t, steps, cond, method=model.denoise))
 
         shape = images.shape[:3] + (num_outputs(config.data.target),)
         out = uncertainty.stepwise_uncertainty_sample(
