@@ -174,3 +174,20 @@ def test_every_parameter_is_trained(config_module):
         if not np.any(np.asarray(g))
     ]
     assert not dead, dead
+
+
+def test_mean_fusion_switch_fuses_the_same_chains_differently():
+    config = v1_config.get_config("smoke")
+    rng = np.random.default_rng(7)
+    images = jnp.asarray(rng.normal(size=(2, 32, 32, 4)), jnp.float32)
+    batch = {"image": images, "label": jnp.zeros((2, 32, 32, 3))}
+    params = _perturbed(build_method(config).init(jax.random.PRNGKey(0), batch), 0.1)
+    outs = {}
+    for fusion in ("mean", "stepwise"):
+        config.sampling.fusion = fusion
+        outs[fusion] = build_method(config).predict(params, images, jax.random.PRNGKey(3))
+    np.testing.assert_allclose(outs["mean"]["uncertainty"], outs["stepwise"]["uncertainty"], atol=1e-6)
+    assert not np.allclose(outs["mean"]["prob"], outs["stepwise"]["prob"], atol=1e-4)
+    config.sampling.fusion = "median"
+    with pytest.raises(ValueError, match="sampling.fusion"):
+        build_method(config)
