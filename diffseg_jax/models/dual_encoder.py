@@ -19,20 +19,15 @@ from diffseg_jax.models.unet import (
     Bottleneck,
     Decoder,
     EncoderLevel,
+    UNetShape,
     check_divisible,
     level_features,
 )
 
 
-class DualEncoderNet(nn.Module):
+class DualEncoderNet(UNetShape):
     """`fusion`: 'btsegdiff' (option `fourier`) or 'medsegdiff_v1' (option `fourier` = FF-Parser)."""
 
-    out_channels: int
-    base_features: int = 32
-    multipliers: Sequence[int] = (1, 2, 4)
-    num_res_blocks: int = 1
-    attention_levels: Sequence[int] = (2,)
-    dropout: float = 0.0
     fusion: str = "btsegdiff"
     fourier: bool = True
 

@@ -10,8 +10,6 @@ supervise them with Dice + beta * CE. Condition outputs do not depend on the ste
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -23,6 +21,7 @@ from diffseg_jax.models.unet import (
     Decoder,
     EncoderLevel,
     UNet,
+    UNetShape,
     check_divisible,
     level_features,
 )
@@ -30,15 +29,9 @@ from diffseg_jax.models.unet import (
 ANCHORS = ("uncertain", "plain", "none")
 
 
-class MedSegDiffV2Net(nn.Module):
+class MedSegDiffV2Net(UNetShape):
     """`anchor`: 'uncertain' (U-SA), 'plain' (SA) or 'none'; `ss_former` and `nbp_filter` switch the rest."""
 
-    out_channels: int
-    base_features: int = 32
-    multipliers: Sequence[int] = (1, 2, 4)
-    num_res_blocks: int = 1
-    attention_levels: Sequence[int] = (2,)
-    dropout: float = 0.0
     anchor: str = "uncertain"
     ss_former: bool = True
     nbp_filter: bool = True

@@ -85,12 +85,8 @@ def check_divisible(side: int, num_levels: int) -> None:
         raise ValueError(f"image side {side} is not divisible by the network's total downsampling {factor}")
 
 
-class UNet(nn.Module):
-    """Plain deterministic U-Net on the sequences: the baseline a diffusion model must beat.
-
-    With `return_features` it returns {"logits", "decoded" (last decoder feature map), "semantic"
-    (bottleneck output)}: MedSegDiff-V2's condition model.
-    """
+class UNetShape(nn.Module):
+    """The shape fields every U-Net-based network shares (`methods.base.unet_kwargs` fills them)."""
 
     out_channels: int
     base_features: int = 32
@@ -98,6 +94,15 @@ class UNet(nn.Module):
     num_res_blocks: int = 1
     attention_levels: Sequence[int] = (2,)
     dropout: float = 0.0
+
+
+class UNet(UNetShape):
+    """Plain deterministic U-Net on the sequences: the baseline a diffusion model must beat.
+
+    With `return_features` it returns {"logits", "decoded" (last decoder feature map), "semantic"
+    (bottleneck output)}: MedSegDiff-V2's condition model.
+    """
+
     return_features: bool = False
 
     @nn.compact
