@@ -1,26 +1,19 @@
 """The absl entry points behind run_train.py and run_eval.py.
 
-On CPU every core becomes a host device before JAX starts (set XLA_FLAGS yourself to override), so
-the sharded train step uses all cores.
+Before JAX starts they set the measured-fastest backend defaults (`runtime.configure`; XLA_FLAGS you
+set yourself win), join a multi-process run when the environment describes one, and turn on the
+persistent compilation cache, so a second run of the same config starts without recompiling.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-_DEVICE_FLAG = "--xla_force_host_platform_device_count"
-
-
-def _cpu_defaults() -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    if _DEVICE_FLAG not in flags and os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
-        os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_FLAG}={os.cpu_count() or 1}".strip()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from diffseg_jax import runtime
 
 
 def main(mode: str) -> None:
-    _cpu_defaults()
+    runtime.configure()
     from absl import app, flags
     from ml_collections import config_flags
 
@@ -34,6 +27,7 @@ def main(mode: str) -> None:
         from diffseg_jax import parallel
 
         parallel.maybe_initialize_distributed()
+        runtime.enable_compilation_cache()
         try:
             if mode == "train":
                 from diffseg_jax.train import TrainingDiverged, train_and_evaluate

@@ -30,6 +30,8 @@ def unet_model_config(preset: str) -> ml_collections.ConfigDict:
     m.num_res_blocks = 1
     m.attention_levels = (3,)  # attention at 8x8 for 64 px: at 16x16 it doubled the step time
     m.dropout = 0.0
+    m.dtype = "auto"  # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU; params stay float32
+    m.remat = False  # recompute ResBlock activations in the backward pass (memory for large images)
     if preset == "smoke":
         m.base_features = 8
         m.multipliers = (1, 2)
@@ -102,6 +104,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     t.eval_every = 400
     t.val_max_slices = 64
     t.keep_checkpoints = 2
+    t.stop_after = 0  # >0: end this run after that many steps, with a checkpoint (the next run resumes)
 
     c.sampling = s = ml_collections.ConfigDict()
     s.method = "ddim"  # 'ddim' (num_steps) or 'ddpm' (the full chain)

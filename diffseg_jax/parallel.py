@@ -1,8 +1,8 @@
 """Devices, mesh and shardings: one data axis over every device of every process.
 
 Batches are sharded on their leading axis, train state is replicated, and each process feeds only its
-own rows (`global_batch`). On CPU the cores are used as host devices: `use_cpu_cores_as_devices` must be
-called before JAX initialises its backends (the CLIs do it first thing).
+own rows (`global_batch`). Multi-process runs start with `maybe_initialize_distributed` (the CLIs call
+it); on CPU their collectives go through gloo.
 """
 
 from __future__ import annotations
@@ -14,23 +14,36 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
-_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+# Set by the user (or a launcher) to run one of several processes; cluster environments (SLURM, Cloud
+# TPU, Open MPI, ...) are recognised by jax.distributed.initialize itself.
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+_CLUSTER_KEYS = ("SLURM_NTASKS", "TPU_WORKER_ID", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
-def use_cpu_cores_as_devices(count: int | None = None) -> None:
-    """Adds the host-device-count XLA flag (one device per core) unless the user already set it."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if _DEVICE_COUNT_FLAG in flags:
-        return
-    count = count or os.cpu_count() or 1
-    os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_COUNT_FLAG}={count}".strip()
+def maybe_initialize_distributed(environ=None) -> bool:
+    """jax.distributed.initialize() when launched as one of several processes; True if it did.
 
-
-def maybe_initialize_distributed() -> None:
-    """jax.distributed.initialize() when launched as one of several processes (env or cluster)."""
-    env_keys = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_ID")
-    if any(k in os.environ for k in env_keys) and not jax.distributed.is_initialized():
+    Plain launches give JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID per process (see README, "Multi-host"). On CPU the collectives use gloo.
+    """
+    env = os.environ if environ is None else environ
+    if jax.distributed.is_initialized():
+        return True
+    if ENV_COORDINATOR in env:
+        if env.get("JAX_PLATFORMS", "cpu") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=env[ENV_COORDINATOR],
+            num_processes=int(env[ENV_NUM_PROCESSES]) if ENV_NUM_PROCESSES in env else None,
+            process_id=int(env[ENV_PROCESS_ID]) if ENV_PROCESS_ID in env else None,
+        )
+        return True
+    if any(k in env for k in _CLUSTER_KEYS):
         jax.distributed.initialize()
+        return True
+    return False
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -177,12 +177,14 @@ def train_and_evaluate(
 ) -> TrainState:
     """Trains `config.method` to `config.train.steps`, resuming from the latest checkpoint in workdir.
 
-    `stop_after` ends this run (with a checkpoint) after that many steps, as a preemption would; the
-    next call resumes where it stopped.
+    `stop_after` (default: `train.stop_after`, 0 = never) ends this run with a checkpoint after that many
+    steps, as a preemption would; the next call resumes where it stopped.
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t = config.train
+    if stop_after is None:
+        stop_after = t.get("stop_after", 0) or None
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(t.batch_size, mesh)
     method = build_method(config)

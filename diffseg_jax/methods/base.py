@@ -6,8 +6,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from diffseg_jax import precision, runtime
 
 Params = Any
 Batch = dict[str, jnp.ndarray]
@@ -47,7 +50,13 @@ def unet_kwargs(config) -> dict[str, Any]:
         num_res_blocks=m.num_res_blocks,
         attention_levels=tuple(m.attention_levels),
         dropout=m.dropout,
+        remat=m.get("remat", False),
     )
+
+
+def model_apply(model: nn.Module, config) -> Callable[..., Any]:
+    """`model.apply` computing in `config.model.dtype` (float32 params and outputs; `precision.py`)."""
+    return precision.apply_in(model.apply, runtime.compute_dtype(config.model.get("dtype", "float32")))
 
 
 def soft_dice_loss(prob: jnp.ndarray, label: jnp.ndarray, eps: float = 1.0) -> jnp.ndarray:

@@ -26,7 +26,7 @@ import optax
 from diffseg_jax import uncertainty
 from diffseg_jax.diffusion import process
 from diffseg_jax.diffusion.schedules import make_schedule
-from diffseg_jax.methods.base import Method, num_outputs, soft_dice_loss
+from diffseg_jax.methods.base import Method, model_apply, num_outputs, soft_dice_loss
 
 FUSIONS = ("stepwise", "mean")
 
@@ -43,6 +43,7 @@ def build_conditional_diffusion(
         raise ValueError(f"unknown sampling.fusion {s.fusion!r}; expected one of {FUSIONS}")
     schedule = make_schedule(d.schedule, d.num_steps)
     bounded = d.parameterization == "x0"
+    apply = model_apply(model, config)
 
     def link(raw: jnp.ndarray) -> jnp.ndarray:
         """x0-prediction goes through x0 = 2 sigmoid(raw) - 1, so `raw` are the mask's logits."""
@@ -59,7 +60,7 @@ def build_conditional_diffusion(
         t = process.sample_timesteps(t_key, x0.shape[0], d.num_steps)
         noise = jax.random.normal(noise_key, x0.shape)
         x_t = process.q_sample(schedule, x0, t, noise)
-        raw, state = model.apply(
+        raw, state = apply(
             {"params": params},
             x_t,
             t,
@@ -90,12 +91,12 @@ def build_conditional_diffusion(
 
     def predict(params, images, key):
         variables = {"params": params}
-        cond = model.apply(variables, images, method=model.encode_condition)
+        cond = apply(variables, images, method=model.encode_condition)
         batch = images.shape[0]
 
         def denoise(x_t, t):
             steps = jnp.full((batch,), t, jnp.int32)
-            return link(model.apply(variables, x_t, steps, cond, method=model.denoise))
+            return link(apply(variables, x_t, steps, cond, method=model.denoise))
 
         shape = images.shape[:3] + (num_outputs(config.data.target),)
         out = uncertainty.stepwise_uncertainty_sample(

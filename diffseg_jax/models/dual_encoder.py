@@ -18,7 +18,6 @@ from diffseg_jax.models.layers import Downsample, TimeEmbedding
 from diffseg_jax.models.unet import (
     Bottleneck,
     Decoder,
-    EncoderLevel,
     UNetShape,
     check_divisible,
     level_features,
@@ -38,19 +37,15 @@ class DualEncoderNet(UNetShape):
         self.time_embed = TimeEmbedding(feats[0])
         self.cond_in = nn.Conv(feats[0], (3, 3))
         self.noisy_in = nn.Conv(feats[0], (3, 3))
-        self.cond_levels = [
-            EncoderLevel(f, self.num_res_blocks, i in attn, self.dropout) for i, f in enumerate(feats)
-        ]
-        self.noisy_levels = [
-            EncoderLevel(f, self.num_res_blocks, i in attn, self.dropout) for i, f in enumerate(feats)
-        ]
+        self.cond_levels = self.encoder_levels(feats)
+        self.noisy_levels = self.encoder_levels(feats)
         self.cond_down = [Downsample(feats[i + 1]) for i in range(last)]
         self.noisy_down = [Downsample(feats[i + 1]) for i in range(last)]
         if self.fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {self.fusion!r}; expected one of {sorted(FUSIONS)}")
         self.fusions = [FUSIONS[self.fusion](self.fourier) for _ in feats]
-        self.bottleneck = Bottleneck(feats[-1], self.dropout)
-        self.decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout)
+        self.bottleneck = Bottleneck(feats[-1], self.dropout, self.remat)
+        self.decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout, self.remat)
 
     def encode_condition(self, image: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, ...]:
         """EC: per-level features m_I of the sequences."""

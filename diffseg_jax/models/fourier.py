@@ -14,8 +14,8 @@ _AXES = (1, 2)  # H, W of [B, H, W, C]
 
 
 def spectrum(x: jnp.ndarray) -> jnp.ndarray:
-    """Orthonormal real 2D FFT over H, W: [B, H, W, C] -> [B, H, W//2+1, C] complex."""
-    return jnp.fft.rfft2(x, axes=_AXES, norm="ortho")
+    """Orthonormal real 2D FFT over H, W: [B, H, W, C] -> [B, H, W//2+1, C] complex64 (any input dtype)."""
+    return jnp.fft.rfft2(x.astype(jnp.float32), axes=_AXES, norm="ortho")
 
 
 def inverse_spectrum(z: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
@@ -34,7 +34,7 @@ class SpectralWeight(nn.Module):
         shape = (h, w // 2 + 1, c)
         real = self.param("real", init, shape)
         imag = self.param("imag", init, shape)
-        return jax.lax.complex(real, imag)
+        return jax.lax.complex(real.astype(jnp.float32), imag.astype(jnp.float32))
 
 
 class FFParser(nn.Module):
@@ -45,7 +45,7 @@ class FFParser(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         weight = SpectralWeight(self.std)(x)
-        return inverse_spectrum(spectrum(x) * weight, x.shape[1], x.shape[2])
+        return inverse_spectrum(spectrum(x) * weight, x.shape[1], x.shape[2]).astype(x.dtype)
 
 
 def split_sigmoid(z: jnp.ndarray) -> jnp.ndarray:
@@ -70,4 +70,4 @@ class FourierFusion(nn.Module):
     def __call__(self, m_xt: jnp.ndarray, m_image: jnp.ndarray) -> jnp.ndarray:
         weight = SpectralWeight(self.std)(m_xt)
         gated = split_sigmoid(spectrum(m_xt) * weight + spectrum(m_image) * weight)
-        return inverse_spectrum(gated, m_xt.shape[1], m_xt.shape[2])
+        return inverse_spectrum(gated, m_xt.shape[1], m_xt.shape[2]).astype(m_xt.dtype)

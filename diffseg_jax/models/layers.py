@@ -56,6 +56,15 @@ class ResBlock(nn.Module):
         return x + h
 
 
+def res_block_type(remat: bool) -> type[ResBlock]:
+    """ResBlock, or with `remat` its rematerialised form: activations recomputed in the backward pass.
+
+    Trades compute for memory at large images (`model.remat`); parameter names get a `Checkpoint`
+    prefix, so checkpoints of the two forms are not interchangeable.
+    """
+    return nn.remat(ResBlock, static_argnums=(3,)) if remat else ResBlock
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the spatial positions, residual, for low resolutions."""
 

@@ -19,7 +19,6 @@ from diffseg_jax.models.ss_former import SSFormer
 from diffseg_jax.models.unet import (
     Bottleneck,
     Decoder,
-    EncoderLevel,
     UNet,
     UNetShape,
     check_divisible,
@@ -49,20 +48,19 @@ class MedSegDiffV2Net(UNetShape):
             self.num_res_blocks,
             attn,
             self.dropout,
+            self.remat,
             return_features=True,
         )
         self.time_embed = TimeEmbedding(feats[0])
         self.noisy_in = nn.Conv(feats[0], (3, 3))
-        self.levels = [
-            EncoderLevel(f, self.num_res_blocks, i in attn, self.dropout) for i, f in enumerate(feats)
-        ]
+        self.levels = self.encoder_levels(feats)
         self.downs = [Downsample(feats[i + 1]) for i in range(len(feats) - 1)]
         if self.anchor != "none":
             self.anchor_attention = SpatialAttentionAnchor(uncertain=self.anchor == "uncertain")
-        self.bottleneck = Bottleneck(feats[-1], self.dropout)
+        self.bottleneck = Bottleneck(feats[-1], self.dropout, self.remat)
         if self.ss_former:
             self.semantic_former = SSFormer(self.ss_former_blocks, nbp_filter=self.nbp_filter)
-        self.decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout)
+        self.decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout, self.remat)
 
     def encode_condition(self, image: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         """The condition model on the sequences: {"logits", "decoded" (anchor), "semantic"}."""

@@ -56,7 +56,7 @@ class SpectralCrossAttention(nn.Module):
         if self.nbp_filter:
             z = NBPFilter()(z, temb)
         y = inverse_spectrum(z, h, w)
-        return query + nn.Dense(c, kernel_init=nn.initializers.zeros)(y)
+        return query + nn.Dense(c, kernel_init=nn.initializers.zeros)(y).astype(query.dtype)
 
 
 class SSFormer(nn.Module):

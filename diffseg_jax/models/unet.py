@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffseg_jax.models.layers import Downsample, ResBlock, SelfAttention, Upsample, groups_for
+from diffseg_jax.models.layers import Downsample, SelfAttention, Upsample, groups_for, res_block_type
 
 
 class EncoderLevel(nn.Module):
@@ -21,11 +21,12 @@ class EncoderLevel(nn.Module):
     num_res_blocks: int
     attention: bool
     dropout: float = 0.0
+    remat: bool = False
 
     @nn.compact
     def __call__(self, h: jnp.ndarray, temb: jnp.ndarray | None, train: bool) -> jnp.ndarray:
         for _ in range(self.num_res_blocks):
-            h = ResBlock(self.features, self.dropout)(h, temb, train)
+            h = res_block_type(self.remat)(self.features, self.dropout)(h, temb, train)
             if self.attention:
                 h = SelfAttention()(h)
         return h
@@ -34,12 +35,13 @@ class EncoderLevel(nn.Module):
 class Bottleneck(nn.Module):
     features: int
     dropout: float = 0.0
+    remat: bool = False
 
     @nn.compact
     def __call__(self, h: jnp.ndarray, temb: jnp.ndarray | None, train: bool) -> jnp.ndarray:
-        h = ResBlock(self.features, self.dropout)(h, temb, train)
+        h = res_block_type(self.remat)(self.features, self.dropout)(h, temb, train)
         h = SelfAttention()(h)
-        return ResBlock(self.features, self.dropout)(h, temb, train)
+        return res_block_type(self.remat)(self.features, self.dropout)(h, temb, train)
 
 
 class Decoder(nn.Module):
@@ -50,6 +52,7 @@ class Decoder(nn.Module):
     num_res_blocks: int
     out_channels: int
     dropout: float = 0.0
+    remat: bool = False
 
     @nn.compact
     def __call__(
@@ -65,7 +68,7 @@ class Decoder(nn.Module):
             features = self.level_features[level]
             h = jnp.concatenate([h, skips[level]], axis=-1)
             for _ in range(self.num_res_blocks):
-                h = ResBlock(features, self.dropout)(h, temb, train)
+                h = res_block_type(self.remat)(features, self.dropout)(h, temb, train)
                 if level in self.attention_levels:
                     h = SelfAttention()(h)
             if level > 0:
@@ -94,6 +97,14 @@ class UNetShape(nn.Module):
     num_res_blocks: int = 1
     attention_levels: Sequence[int] = (2,)
     dropout: float = 0.0
+    remat: bool = False  # rematerialise the ResBlocks (memory for compute, large images)
+
+    def encoder_levels(self, feats: Sequence[int]) -> list[EncoderLevel]:
+        """One EncoderLevel per resolution (attention where `attention_levels` says)."""
+        return [
+            EncoderLevel(f, self.num_res_blocks, i in self.attention_levels, self.dropout, self.remat)
+            for i, f in enumerate(feats)
+        ]
 
 
 class UNet(UNetShape):
@@ -111,16 +122,14 @@ class UNet(UNetShape):
         feats = level_features(self.base_features, self.multipliers)
         h = nn.Conv(feats[0], (3, 3))(image)
         skips = []
-        for level, features in enumerate(feats):
-            h = EncoderLevel(features, self.num_res_blocks, level in self.attention_levels, self.dropout)(
-                h, None, train
-            )
+        for level, encoder_level in enumerate(self.encoder_levels(feats)):
+            h = encoder_level(h, None, train)
             skips.append(h)
             if level < len(feats) - 1:
                 h = Downsample(feats[level + 1])(h)
-        semantic = Bottleneck(feats[-1], self.dropout)(h, None, train)
+        semantic = Bottleneck(feats[-1], self.dropout, self.remat)(h, None, train)
         attn = tuple(self.attention_levels)
-        decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout)
+        decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout, self.remat)
         if not self.return_features:
             return decoder(semantic, skips, None, train)
         logits, decoded = decoder(semantic, skips, None, train, return_features=True)

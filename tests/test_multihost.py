@@ -1,0 +1,114 @@
+"""Multi-host training on localhost: 2 processes x 2 CPU devices (gloo) == 1 process x 4 devices.
+
+The two-process run stops after 2 steps and resumes to 4 (checkpoint written once, restored by every
+process); the reference runs 4 steps straight on one process. Same global batches, same parameters.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from configs import btsegdiff
+from data_pipelines import sources
+from diffseg_jax import parallel
+from diffseg_jax.checkpoint import Checkpoints
+from diffseg_jax.methods.registry import build_method
+from diffseg_jax.train import create_train_state
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 4
+ARGS = [
+    "--config=configs/btsegdiff.py:smoke",
+    f"--config.train.steps={STEPS}",
+    "--config.train.eval_every=0",
+    f"--config.train.checkpoint_every={STEPS}",
+    # SGD: updates proportional to the gradients, so float reduction-order differences stay at rounding
+    # level (Adam's first steps are ~lr * sign(g) and flip on near-zero gradients).
+    "--config.train.optimizer=sgd",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env.update(extra)
+    return env
+
+
+def _train(workdir: pathlib.Path, processes: int, devices: int, *extra_args: str) -> None:
+    """Runs run_train.py as `processes` processes of `devices` CPU devices each; waits for all."""
+    port = _free_port()
+    procs = []
+    for pid in range(processes):
+        env = _env(devices)
+        if processes > 1:
+            env.update(
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES=str(processes),
+                JAX_PROCESS_ID=str(pid),
+            )
+        cmd = [sys.executable, str(ROOT / "run_train.py"), *ARGS, f"--workdir={workdir}", *extra_args]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True))
+    errors = []
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=600)
+        if proc.returncode:
+            errors.append(stderr[-3000:])
+    assert not errors, "\n\n".join(errors)
+
+
+def _params(workdir: pathlib.Path, step: int):
+    """The checkpoint's params, restored onto this (test) process's devices."""
+    mesh = parallel.make_mesh()
+    target = jax.eval_shape(_initial_state)
+    target = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), target
+    )
+    manager = Checkpoints(workdir / "checkpoints", max_to_keep=None)
+    try:
+        return manager.restore(step, target).params
+    finally:
+        manager.close()
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    sources.load_splits(btsegdiff.get_config("smoke"), progress=False)  # data written once, up front
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    _train(multi, 2, 2, "--config.train.stop_after=2")
+    assert (multi / "checkpoints" / "2").is_dir() and not (multi / "checkpoints" / str(STEPS)).exists()
+    _train(multi, 2, 2)  # both processes restore step 2 and go on
+    _train(single, 1, 4)
+
+    got, want = _flat(_params(multi, STEPS)), _flat(_params(single, STEPS))
+    assert got.keys() == want.keys() and len(got) > 50
+    init = _flat(_initial_state().params)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+    moved = [name for name in want if not np.array_equal(want[name], init[name])]
+    assert len(moved) > len(want) // 2, "training must have changed the parameters"
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _initial_state():
+    config = btsegdiff.get_config("smoke")
+    config.train.optimizer = "sgd"
+    size = config.data.image_size
+    sample = {
+        "image": np.zeros((1, size, size, 4), np.float32),
+        "label": np.zeros((1, size, size, 3), np.float32),
+    }
+    return create_train_state(config, build_method(config), sample)
