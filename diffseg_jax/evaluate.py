@@ -77,10 +77,7 @@ def save_overlay(
     uncertainty: np.ndarray,
 ) -> None:
     """One PNG: the four sequences, reference, prediction and uncertainty at the most tumorous slice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it was
 
     area = (labels > 0).sum(axis=(0, 1))
     if volume.seg is not None:
@@ -91,7 +88,8 @@ def save_overlay(
         panels.append((volume.seg[:, :, z], "reference", "viridis"))
     panels.append((labels[:, :, z], "prediction", "viridis"))
     panels.append((uncertainty[:, :, z], "uncertainty", "magma"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
+    fig = Figure(figsize=(2.2 * len(panels), 2.6))
+    axes = fig.subplots(1, len(panels))
     for ax, (image, title, cmap) in zip(axes, panels, strict=True):
         ax.imshow(np.rot90(image), cmap=cmap)
         ax.set_title(title, fontsize=8)
@@ -100,7 +98,6 @@ def save_overlay(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def _write_text_atomic(path: pathlib.Path, text: str) -> None:

@@ -71,7 +71,7 @@ def test_eval_writes_every_output(trained):
     assert list((out / "overlays").glob("*.png"))
 
 
-@pytest.mark.parametrize("config", ["medsegdiff_v1", "medsegdiff_v2"])
+@pytest.mark.parametrize("config", ["medsegdiff_v2"])  # V1 shares BTSegDiff's network and sampler path
 def test_medsegdiff_smoke_trains_and_evaluates(config, tmp_path):
     _run("run_train.py", f"--config=configs/{config}.py:smoke", f"--workdir={tmp_path}")
     _run("run_eval.py", f"--config=configs/{config}.py:smoke", f"--workdir={tmp_path}")

@@ -125,7 +125,7 @@ def test_ss_former_starts_as_identity_and_keeps_shape():
     np.testing.assert_allclose(out, noisy, atol=1e-6)  # zero-initialised output projections
 
 
-@pytest.mark.parametrize("size", [48, 64, 96])
+@pytest.mark.parametrize("size", [48, 96])
 def test_v2_builds_at_any_divisible_size_and_switches_remove_their_layers(size):
     x_t = jnp.zeros((1, size, size, 3))
     image = jnp.ones((1, size, size, 4))

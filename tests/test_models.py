@@ -51,7 +51,7 @@ def test_fourier_fusion_equals_numpy_formula():
 
 
 @pytest.mark.parametrize("fusion", ["btsegdiff", "medsegdiff_v1"])
-@pytest.mark.parametrize("size", [48, 64, 96])
+@pytest.mark.parametrize("size", [48, 96])
 def test_dual_encoder_builds_at_any_divisible_size(size, fusion):
     net = DualEncoderNet(
         out_channels=3, base_features=8, multipliers=(1, 2, 2), attention_levels=(2,), fusion=fusion

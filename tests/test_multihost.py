@@ -88,7 +88,7 @@ def test_two_processes_equal_one_process(tmp_path):
     _train(multi, 2, 2, "--config.train.stop_after=2")
     assert (multi / "checkpoints" / "2").is_dir() and not (multi / "checkpoints" / str(STEPS)).exists()
     _train(multi, 2, 2)  # both processes restore step 2 and go on
-    _train(single, 1, 4)
+    _train(single, 1, 4)  # a fresh process as well: the test process's JAX state stays out of it
 
     got, want = _flat(_params(multi, STEPS)), _flat(_params(single, STEPS))
     assert got.keys() == want.keys() and len(got) > 50
