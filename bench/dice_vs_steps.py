@@ -89,9 +89,9 @@ def slice_level(args, samplers: list[tuple[str, int]]) -> list[dict]:
         record = {"level": "slices", "sampler": sampler, "K": steps, "S": args.samples, "slices": len(tumour)}
         record["network_evaluations_per_slice"] = steps * args.samples
         record["seconds_per_slice_with_compile"] = round(seconds / len(tumour), 3)
-        record.update(
-            {f"{r}_dice": round(float(d), 4) for r, d in zip(("wt", "tc", "et"), dice, strict=False)}
-        )
+        present = labels.any(axis=(0, 1, 2))  # a region absent from every chosen slice has no Dice
+        for region, value, has in zip(("wt", "tc", "et"), dice, present, strict=False):
+            record[f"{region}_dice"] = round(float(value), 4) if has else None
         records.append(record)
     return records
 
