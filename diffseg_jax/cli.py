@@ -13,7 +13,10 @@ from diffseg_jax import runtime
 
 
 def main(mode: str) -> None:
-    runtime.configure()
+    try:
+        runtime.configure()
+    except ValueError as err:  # a malformed DIFFSEG_* variable: one line, not a traceback
+        sys.exit(f"error: {err}")
     from absl import app, flags
     from ml_collections import config_flags
 
@@ -26,7 +29,10 @@ def main(mode: str) -> None:
         from data_pipelines.brats import DataError
         from diffseg_jax import parallel
 
-        parallel.maybe_initialize_distributed()
+        try:
+            parallel.maybe_initialize_distributed()
+        except ValueError as err:
+            sys.exit(f"error: {err}")
         runtime.enable_compilation_cache()
         try:
             if mode == "train":

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from diffseg_jax.runtime import env_int
+
 DATA_AXIS = "data"
 # Set by the user (or a launcher) to run one of several processes; cluster environments (SLURM, Cloud
 # TPU, Open MPI, ...) are recognised by jax.distributed.initialize itself.
@@ -36,8 +38,8 @@ def maybe_initialize_distributed(environ=None) -> bool:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=env[ENV_COORDINATOR],
-            num_processes=int(env[ENV_NUM_PROCESSES]) if ENV_NUM_PROCESSES in env else None,
-            process_id=int(env[ENV_PROCESS_ID]) if ENV_PROCESS_ID in env else None,
+            num_processes=env_int(env, ENV_NUM_PROCESSES) if ENV_NUM_PROCESSES in env else None,
+            process_id=env_int(env, ENV_PROCESS_ID) if ENV_PROCESS_ID in env else None,
         )
         return True
     if any(k in env for k in _CLUSTER_KEYS):

@@ -23,6 +23,14 @@ DEFAULTS_SWITCH = "DIFFSEG_XLA_DEFAULTS"
 CPU_DEVICES_ENV = "DIFFSEG_CPU_DEVICES"
 
 
+def env_int(env: MutableMapping[str, str], name: str) -> int:
+    """An integer environment variable, or a ValueError that names it and its value."""
+    try:
+        return int(env[name])
+    except ValueError:
+        raise ValueError(f"environment variable {name}={env[name]!r} is not an integer") from None
+
+
 def _flag_name(flag: str) -> str:
     return flag.split("=", 1)[0]
 
@@ -53,7 +61,7 @@ def configure(
     env = os.environ if environ is None else environ
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (tf.data only) stays quiet
     if cpu_devices is None and env.get(CPU_DEVICES_ENV):
-        cpu_devices = int(env[CPU_DEVICES_ENV])
+        cpu_devices = env_int(env, CPU_DEVICES_ENV)
     if env.get(DEFAULTS_SWITCH, "1") != "0":
         flags = merge_xla_flags(env.get("XLA_FLAGS", ""), default_xla_flags(cpu_devices))
         if flags:

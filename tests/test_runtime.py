@@ -39,6 +39,25 @@ def test_configure_adds_defaults_but_never_overrides_the_user():
     )
 
 
+def test_malformed_environment_is_one_line_naming_the_variable(tmp_path):
+    with pytest.raises(ValueError, match="DIFFSEG_CPU_DEVICES='two' is not an integer"):
+        runtime.configure(environ={"DIFFSEG_CPU_DEVICES": "two"})
+    env = dict(os.environ)
+    env.update(DIFFSEG_CPU_DEVICES="two", PYTHONPATH=str(ROOT))
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_train.py"),
+        "--config=configs/btsegdiff.py:smoke",
+        f"--workdir={tmp_path}",
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "error: environment variable DIFFSEG_CPU_DEVICES='two' is not an integer"
+    )
+
+
 def test_compute_dtype():
     assert runtime.compute_dtype("auto") == jnp.float32  # tests run on the CPU
     assert runtime.compute_dtype("bfloat16") == jnp.bfloat16
