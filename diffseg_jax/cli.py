@@ -42,6 +42,15 @@ def main(mode: str) -> None:
                     train_and_evaluate(config.value, workdir.value)
                 except TrainingDiverged as err:
                     sys.exit(f"error: {err}")
+            elif config.value.get("task", "segmentation") == "anomaly":
+                from diffseg_jax.anomaly.evaluate import evaluate
+
+                summary = evaluate(config.value, workdir.value)
+                for name, stats in summary["sequences"].items():
+                    print(
+                        f"{name}: DSC {stats['dsc']['mean']:.4f}  AUPRC {stats['auprc']['mean']:.4f}"
+                        f"  SSIM {stats['ssim']['mean']:.4f}  PSNR {stats['psnr']['mean']:.2f} dB"
+                    )
             else:
                 from diffseg_jax.evaluate import evaluate
 

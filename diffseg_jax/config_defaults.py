@@ -56,6 +56,7 @@ def add_diffusion(c: ml_collections.ConfigDict, preset: str) -> None:
     d.schedule = "linear"
     d.parameterization = "x0"
     d.min_snr_gamma = 5.0
+    d.timestep_power = 1.0  # training t ~ T u^(1/power): 1 = uniform (the papers); > 1 favours high noise
 
     c.loss = lo = ml_collections.ConfigDict()
     lo.noise_weight = 1.0

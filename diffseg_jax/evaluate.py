@@ -120,14 +120,22 @@ def _per_case_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def restore_params(
-    config: ml_collections.ConfigDict, workdir: pathlib.Path, method: Method, mesh
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    method: Method,
+    mesh,
+    shape_source: dict[str, np.ndarray] | None = None,
 ) -> tuple[Any, int]:
-    """EMA params of the configured checkpoint ('best' falls back to 'latest' if none was kept)."""
-    size, channels = config.data.image_size, 3 if config.data.target == "regions" else 1
-    shape_source = {
-        "image": np.zeros((1, size, size, 4), np.float32),
-        "label": np.zeros((1, size, size, channels), np.float32),
-    }
+    """EMA params of the configured checkpoint ('best' falls back to 'latest' if none was kept).
+
+    `shape_source`: a one-example batch with the training batches' shapes (default: the segmentation one).
+    """
+    if shape_source is None:
+        size, channels = config.data.image_size, 3 if config.data.target == "regions" else 1
+        shape_source = {
+            "image": np.zeros((1, size, size, 4), np.float32),
+            "label": np.zeros((1, size, size, channels), np.float32),
+        }
     target = jax.eval_shape(lambda: create_train_state(config, method, shape_source))
     target = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)),

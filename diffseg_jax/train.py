@@ -169,6 +169,42 @@ def prepare_arrays(config, cases, seed: int, progress: bool) -> dict[str, np.nda
     )
 
 
+def segmentation_scores(predict, val_arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """Validation Dice per channel pooled over the validation slices, and their mean ('val/dice')."""
+    dice = slice_dice(predict(val_arrays["image"])["prob"], val_arrays["label"])
+    scalars = {f"val/dice_{i}": float(v) for i, v in enumerate(dice)}
+    scalars["val/dice"] = float(np.mean(dice))
+    return scalars
+
+
+def prepare_task(config, progress: bool):
+    """(train arrays, validation arrays, scores(predict, val) -> scalars) of `config.task`."""
+    t = config.train
+    if config.get("task", "segmentation") == "anomaly":
+        from diffseg_jax.anomaly import task
+
+        train_arrays, val_arrays, counts = task.prepare_training(config, progress)
+        logging.info("volumes per split: %s; train slices: %d", counts, len(train_arrays["image"]))
+
+        def scores(predict, val):
+            return task.validation_scores(lambda images: predict(images)["reconstruction"], val, config)
+
+        return train_arrays, val_arrays, scores
+    splits = sources.load_splits(config, progress)
+    train_arrays = prepare_arrays(config, splits["train"], config.seed, progress)
+    val_arrays = _validation_subset(
+        prepare_arrays(config, splits["val"], config.seed + 1, progress), t.val_max_slices
+    )
+    logging.info(
+        "cases train/val/test: %d/%d/%d; train slices: %d",
+        len(splits["train"]),
+        len(splits["val"]),
+        len(splits["test"]),
+        len(train_arrays["image"]),
+    )
+    return train_arrays, val_arrays, segmentation_scores
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
@@ -189,18 +225,7 @@ def train_and_evaluate(
     parallel.check_batch_divisible(t.batch_size, mesh)
     method = build_method(config)
 
-    splits = sources.load_splits(config, progress)
-    train_arrays = prepare_arrays(config, splits["train"], config.seed, progress)
-    val_arrays = _validation_subset(
-        prepare_arrays(config, splits["val"], config.seed + 1, progress), t.val_max_slices
-    )
-    logging.info(
-        "cases train/val/test: %d/%d/%d; train slices: %d",
-        len(splits["train"]),
-        len(splits["val"]),
-        len(splits["test"]),
-        len(train_arrays["image"]),
-    )
+    train_arrays, val_arrays, validation_scores = prepare_task(config, progress)
 
     sample = {k: train_arrays[k][:1] for k in ("image", "label")}
     state = create_train_state(config, method, sample)
@@ -226,17 +251,12 @@ def train_and_evaluate(
     writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
 
     def validate(state, step):
-        out = inference.predict_slices(
-            predict_fn,
-            state.ema_params,
-            val_arrays["image"],
-            jax.random.PRNGKey(config.seed + 7),
-            mesh,
-            config.eval.batch_size,
-        )
-        dice = slice_dice(out["prob"], val_arrays["label"])
-        scalars = {f"val/dice_{i}": float(v) for i, v in enumerate(dice)}
-        scalars["val/dice"] = float(np.mean(dice))
+        def predict(images):
+            key = jax.random.PRNGKey(config.seed + 7)
+            bs = config.eval.batch_size
+            return inference.predict_slices(predict_fn, state.ema_params, images, key, mesh, bs)
+
+        scalars = validation_scores(predict, val_arrays)
         writer.write_scalars(step, scalars)
         best.save(step, state, metrics={"val_dice": scalars["val/dice"]})
         return scalars["val/dice"]

@@ -57,8 +57,18 @@ def posterior_mean_variance(
     return mean, _bcast(variance, t, x_t.ndim)
 
 
-def sample_timesteps(key: jax.Array, batch: int, num_steps: int) -> jnp.ndarray:
-    return jax.random.randint(key, (batch,), 0, num_steps)
+def sample_timesteps(key: jax.Array, batch: int, num_steps: int, power: float = 1.0) -> jnp.ndarray:
+    """Training steps: uniform (power 1, the papers), or t = floor(T u^(1/power)) for power > 1.
+
+    power > 1 trains more often at high noise, where the mask is hidden and only the image can
+    answer: the regime that teaches the image pathway (P(t >= T/2) = 1 - 2^-power).
+    """
+    if power == 1.0:
+        return jax.random.randint(key, (batch,), 0, num_steps)
+    if power <= 0:
+        raise ValueError(f"timestep power must be > 0, got {power}")
+    u = jax.random.uniform(key, (batch,))
+    return jnp.minimum((num_steps * u ** (1.0 / power)).astype(jnp.int32), num_steps - 1)
 
 
 def diffusion_losses(

@@ -77,13 +77,75 @@ def sample(
     Returns {"x0": final x0 estimate, "acc": accumulator, "trajectory": [K, *shape] x0 estimates or None}.
     `method` is 'ddpm' (ancestral, visits every step; num_steps is ignored) or 'ddim' (K steps, eta).
     """
-    if method not in ("ddpm", "ddim"):
-        raise ValueError(f"unknown sampler {method!r}; expected 'ddpm' or 'ddim'")
+    _check_method(method)
     steps = sampling_timesteps(schedule.num_steps, None if method == "ddpm" else num_steps)
-    prev = np.concatenate([steps[1:], np.array([-1], np.int32)])
     init_key, loop_key = jax.random.split(key)
     x_init = jax.random.normal(init_key, shape, jnp.float32)
-    keys = jax.random.split(loop_key, len(steps))
+    return _run_chain(
+        denoise_fn,
+        schedule,
+        parameterization,
+        x_init,
+        steps,
+        loop_key,
+        method,
+        eta,
+        clip,
+        accumulate,
+        acc_init,
+        return_trajectory,
+    )
+
+
+def sample_from(
+    denoise_fn: DenoiseFn,
+    schedule: Schedule,
+    parameterization: str,
+    x_start: jnp.ndarray,
+    start_step: int,
+    key: jax.Array,
+    *,
+    method: str = "ddim",
+    num_steps: int | None = None,
+    eta: float = 0.0,
+    clip: tuple[float, float] | None = (-1.0, 1.0),
+) -> jnp.ndarray:
+    """Runs the reverse chain from a given x_t at `start_step` down to 0 (AnoDDPM's partial diffusion).
+
+    'ddpm' visits every step start..0; 'ddim' K evenly spaced steps from start to 0. Returns the x0 estimate.
+    """
+    _check_method(method)
+    if not 0 <= start_step < schedule.num_steps:
+        raise ValueError(f"start_step must be in [0, {schedule.num_steps}), got {start_step}")
+    k = None if method == "ddpm" else num_steps
+    steps = sampling_timesteps(start_step + 1, k)
+    out = _run_chain(denoise_fn, schedule, parameterization, x_start, steps, key, method, eta, clip)
+    return out["x0"]
+
+
+def _check_method(method: str) -> None:
+    if method not in ("ddpm", "ddim"):
+        raise ValueError(f"unknown sampler {method!r}; expected 'ddpm' or 'ddim'")
+
+
+def _run_chain(
+    denoise_fn,
+    schedule,
+    parameterization,
+    x_init,
+    steps,
+    key,
+    method,
+    eta,
+    clip,
+    accumulate=None,
+    acc_init=None,
+    return_trajectory=False,
+) -> dict[str, Any]:
+    """The scan over the descending `steps`, starting from x_init at steps[0]."""
+    prev = np.concatenate([steps[1:], np.array([-1], np.int32)])
+    keys = jax.random.split(key, len(steps))
+    shape = x_init.shape
 
     def body(carry, xs):
         x_t, acc, _ = carry

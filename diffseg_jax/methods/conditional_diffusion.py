@@ -57,7 +57,7 @@ def build_conditional_diffusion(
     def loss(params, batch, key):
         t_key, noise_key, dropout_key = jax.random.split(key, 3)
         x0 = batch["label"] * 2.0 - 1.0
-        t = process.sample_timesteps(t_key, x0.shape[0], d.num_steps)
+        t = process.sample_timesteps(t_key, x0.shape[0], d.num_steps, d.timestep_power)
         noise = jax.random.normal(noise_key, x0.shape)
         x_t = process.q_sample(schedule, x0, t, noise)
         raw, state = apply(

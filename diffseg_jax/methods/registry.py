@@ -13,6 +13,12 @@ _METHODS = {
     "medsegdiff_v1": "diffseg_jax.methods.medsegdiff_v1",
     "medsegdiff_v2": "diffseg_jax.methods.medsegdiff_v2",
     "unet_baseline": "diffseg_jax.methods.unet_baseline",
+    # anomaly detection (trained on healthy brains; task 'anomaly')
+    "dae": "diffseg_jax.methods.dae",
+    "anoddpm": "diffseg_jax.methods.anoddpm",
+    "pddpm": "diffseg_jax.methods.patched_ddpm",
+    "mddpm": "diffseg_jax.methods.patched_ddpm",
+    "uma_ddpm": "diffseg_jax.methods.patched_ddpm",
 }
 
 

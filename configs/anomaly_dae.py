@@ -1,0 +1,7 @@
+"""DAE: a U-Net that removes coarse (1/8-resolution) Gaussian noise from healthy brains; L2 loss."""
+
+from diffseg_jax.anomaly.config import anomaly_config
+
+
+def get_config(arg: str | None = None):
+    return anomaly_config(arg, "dae")

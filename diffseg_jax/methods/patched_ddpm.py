@@ -1,0 +1,104 @@
+"""pDDPM, mDDPM and UMA-DDPM: patch-wise noising, reconstruct the patch from its clean surroundings.
+
+- pDDPM (Behrendt et al., MIDL 2023): x0-prediction, cosine schedule; training noises one patch of a grid
+  (the rest stays clean) and the L1 loss covers that patch; at test every grid patch in turn is noised to
+  `anomaly.test_step` and predicted in one step (`reconstruction.patchwise_reconstruct`).
+- mDDPM (Iqbal et al.): pDDPM whose input also has a random box showing only a low- or high-pass version of
+  the image (masked image + frequency modelling); the loss covers the patch and the box.
+- UMA-DDPM (Zhao et al. 2026): the masking module (keep the high frequencies, hide random patches) on a random
+  half of each batch (the other half sees the plain image, as at test), patch noising, the MAM in the
+  bottleneck (`model.modality_aware`), and the dual-domain loss alpha * l_freq + beta * l_pixel with
+  l_freq = L1 between FFT amplitudes of x0 and of the reconstruction and l_pixel = L1 between the images.
+  The paper writes each term twice, for the reconstruction of the masked view (X_freq, A_img) and of the plain
+  view (X_rec, A_rec); here the two views are the two halves of the batch, so a step costs what pDDPM's does.
+  Both terms cover the whole image: the masking changes all of it. Without `anomaly.dual_loss` the loss is
+  l_pixel alone (the ablation "masking only").
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from diffseg_jax.anomaly import masking
+from diffseg_jax.diffusion import process
+from diffseg_jax.diffusion.schedules import make_schedule
+from diffseg_jax.methods.base import Method, model_apply
+from diffseg_jax.methods.reconstruction import (
+    fft_amplitude,
+    init_inputs,
+    masked_l1,
+    patchwise_reconstruct,
+    reconstruction_unet,
+    to_signed,
+    to_unit,
+)
+
+CORRUPTIONS = ("none", "mddpm", "uma")
+
+
+def corrupt(config: ml_collections.ConfigDict, key: jax.Array, images: jnp.ndarray):
+    """(corrupted images in [0, 1], [B, H, W, 1] region the loss must also cover) per `anomaly.corruption`."""
+    a = config.anomaly
+    whole = jnp.ones(images.shape[:3] + (1,), bool)
+    if a.corruption == "none":
+        return images, jnp.zeros_like(whole)
+    if a.corruption == "mddpm":
+        box = masking.mddpm_box_corruption(key, images, half_width_range=tuple(a.mddpm_half_width_range))
+        return box.image, box.mask
+    mask_key, view_key = jax.random.split(key)
+    masked = masking.uma_masking(
+        mask_key, images, half_width=a.uma_half_width, patch=a.uma_patch, ratio=a.uma_ratio
+    )
+    use = jax.random.bernoulli(view_key, 0.5, images.shape[:1])[:, None, None, None]
+    return jnp.where(use, masked.image, images), whole
+
+
+def build(config: ml_collections.ConfigDict) -> Method:
+    a, d = config.anomaly, config.diffusion
+    if a.corruption not in CORRUPTIONS:
+        raise ValueError(f"unknown anomaly.corruption {a.corruption!r}; expected one of {CORRUPTIONS}")
+    model = reconstruction_unet(config, time_conditioned=True)
+    apply = model_apply(model, config)
+    schedule = make_schedule(d.schedule, d.num_steps)
+
+    def init(key, batch):
+        return model.init(key, *init_inputs(batch))["params"]
+
+    def loss(params, batch, key):
+        t_key, noise_key, patch_key, corrupt_key, dropout_key = jax.random.split(key, 5)
+        images = batch["image"]
+        b, h, w, _ = images.shape
+        x0 = to_signed(images)
+        corrupted, region = corrupt(config, corrupt_key, images)
+        x_in = to_signed(corrupted)
+        t = process.sample_timesteps(t_key, b, d.num_steps)
+        patch = masking.random_patch_mask(patch_key, b, h, w, a.patch_size, a.patch_stride)
+        x_t = process.q_sample(schedule, x_in, t, jax.random.normal(noise_key, x0.shape))
+        x_in = jnp.where(patch, x_t, x_in)
+        x0_hat = apply({"params": params}, x_in, t, train=True, rngs={"dropout": dropout_key})
+        pixel = masked_l1(x0_hat, x0, patch | region)
+        metrics = {"l_pixel": pixel}
+        if not a.dual_loss:
+            return pixel, metrics
+        freq = jnp.mean(jnp.abs(fft_amplitude(x0_hat) - fft_amplitude(x0)))
+        metrics["l_freq"] = freq
+        return a.freq_weight * freq + a.pixel_weight * pixel, metrics
+
+    def predict(params, images, key):
+        x = to_signed(images)
+        t = jnp.full(x.shape[:1], a.test_step, jnp.int32)
+
+        def noised(x, noise):
+            return process.q_sample(schedule, x, t, noise)
+
+        def x0_fn(x_in, mask):
+            del mask
+            return apply({"params": params}, x_in, t)
+
+        noise = jax.random.normal(key, x.shape)
+        recon = patchwise_reconstruct(x0_fn, x, noise, noised, a.patch_size, a.patch_stride)
+        return {"reconstruction": to_unit(recon)}
+
+    return Method(config.method, init, loss, predict)

@@ -1,0 +1,90 @@
+"""Networks of the anomaly detectors: a reconstruction U-Net and UMA-DDPM's modality-aware module (MAM).
+
+Every detector reconstructs a healthy version of its input; they differ in what they corrupt and how
+they train. One U-Net serves them all: time-conditioned for the diffusion models, not for the DAE, and
+with the MAM in its bottleneck for UMA-DDPM.
+
+MAM (UMA-DDPM, as REFERENCES.md writes it): modality-aware self-prompting, A_i = cos(h ⊙ Q, K_i) with
+learnable Q and prompt blocks K_i, V_p = Σ_i A_i V_i; two residual blocks give h_res; h_p = h_res + V_p;
+then a Mamba block over the bottleneck's pixels as a sequence (pre-norm, residual). The prompts let one
+network tell T1 from T2 in unified mode without being told which it sees.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from diffseg_jax.anomaly.ssm import MambaBlock
+from diffseg_jax.models.layers import Downsample, TimeEmbedding, res_block_type
+from diffseg_jax.models.unet import Bottleneck, Decoder, UNetShape, check_divisible, level_features
+
+
+class ModalityAwarePrompting(nn.Module):
+    """MASP: cosine similarity of the Q-modulated features with each prompt block K_i weights the V_i."""
+
+    num_prompts: int = 4
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+        channels = h.shape[-1]
+        q = self.param("Q", nn.initializers.ones, (channels,))
+        k = self.param("K", nn.initializers.normal(1.0), (self.num_prompts, channels))
+        v = self.param("V", nn.initializers.normal(0.02), (self.num_prompts, channels))
+        query = h * q
+        query = query / (jnp.linalg.norm(query, axis=-1, keepdims=True) + 1e-6)
+        keys = k / (jnp.linalg.norm(k, axis=-1, keepdims=True) + 1e-6)
+        weights = jnp.einsum("bhwc,nc->bhwn", query, keys)  # A_i in [-1, 1]
+        return jnp.einsum("bhwn,nc->bhwc", weights, v)
+
+
+class ModalityAwareModule(nn.Module):
+    """MASP + two residual blocks + a Mamba block over the flattened feature map."""
+
+    num_prompts: int = 4
+    d_state: int = 16
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray, temb: jnp.ndarray | None, train: bool) -> jnp.ndarray:
+        b, hh, ww, c = h.shape
+        prompt = ModalityAwarePrompting(self.num_prompts)(h)
+        block = res_block_type(False)
+        h_res = block(c, self.dropout)(block(c, self.dropout)(h, temb, train), temb, train)
+        h_p = (h_res + prompt).reshape(b, hh * ww, c)
+        h_p = h_p + MambaBlock(c, self.d_state)(nn.LayerNorm()(h_p))
+        return h_p.reshape(b, hh, ww, c)
+
+
+class ReconstructionUNet(UNetShape):
+    """U-Net from a corrupted image to its reconstruction (out_channels = the image's channels).
+
+    `t` given -> time-conditioned ResBlocks (the diffusion detectors); `modality_aware` puts the MAM
+    after the usual bottleneck.
+    """
+
+    time_conditioned: bool = True
+    modality_aware: bool = False
+    num_prompts: int = 4
+    mamba_state: int = 16
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, t: jnp.ndarray | None = None, train: bool = False) -> jnp.ndarray:
+        check_divisible(x.shape[1], len(self.multipliers))
+        if self.time_conditioned != (t is not None):
+            raise ValueError("pass t exactly when the network is time-conditioned")
+        feats = level_features(self.base_features, self.multipliers)
+        temb = TimeEmbedding(self.base_features)(t) if t is not None else None
+        h = nn.Conv(feats[0], (3, 3))(x)
+        skips = []
+        for level, encoder_level in enumerate(self.encoder_levels(feats)):
+            h = encoder_level(h, temb, train)
+            skips.append(h)
+            if level < len(feats) - 1:
+                h = Downsample(feats[level + 1])(h)
+        h = Bottleneck(feats[-1], self.dropout, self.remat)(h, temb, train)
+        if self.modality_aware:
+            h = ModalityAwareModule(self.num_prompts, self.mamba_state, self.dropout)(h, temb, train)
+        attn = tuple(self.attention_levels)
+        decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout, self.remat)
+        return decoder(h, skips, temb, train)

@@ -1,0 +1,153 @@
+"""The anomaly detectors' networks, losses and test-time reconstructions, on synthetic batches (no data)."""
+
+from __future__ import annotations
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffseg_jax.anomaly import task
+from diffseg_jax.diffusion import samplers
+from diffseg_jax.diffusion.schedules import make_schedule
+from diffseg_jax.methods import patched_ddpm, reconstruction
+from diffseg_jax.methods.registry import build_method
+from diffseg_jax.models.anomaly import ModalityAwarePrompting, ReconstructionUNet
+
+CONFIGS = ("anomaly_dae", "anomaly_anoddpm", "anomaly_pddpm", "anomaly_mddpm", "anomaly_uma_ddpm")
+
+
+def smoke_config(name: str, variant: str = ""):
+    module = importlib.import_module(f"configs.{name}")
+    return module.get_config("smoke" + (f",{variant}" if variant else ""))
+
+
+def blob_batch(n: int = 4, size: int = 32, seed: int = 0) -> dict[str, jnp.ndarray]:
+    """Smooth 'brains': a disc with a gradient, in [0, 1]; label = the disc (the brain mask)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    images, brains = [], []
+    for _ in range(n):
+        cy, cx = rng.uniform(0.4, 0.6, 2)
+        brain = (yy - cy) ** 2 + (xx - cx) ** 2 < 0.12
+        images.append(brain * (0.3 + 0.5 * xx + 0.1 * rng.standard_normal((size, size))).clip(0, 1))
+        brains.append(brain)
+    as_batch = lambda a: jnp.asarray(np.stack(a)[..., None], jnp.float32)  # noqa: E731
+    return {"image": as_batch(images), "label": as_batch(brains)}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_each_detector_reconstructs_at_the_input_shape_and_its_loss_falls(name):
+    config = smoke_config(name)
+    method = build_method(config)
+    batch = blob_batch()
+    params = method.init(jax.random.PRNGKey(0), batch)
+    opt = __import__("optax").adam(3e-3)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, key):
+        (loss, _), grads = jax.value_and_grad(method.loss, has_aux=True)(params, batch, key)
+        updates, state = opt.update(grads, state, params)
+        return __import__("optax").apply_updates(params, updates), state, loss
+
+    key = jax.random.PRNGKey(1)
+    losses = []
+    for i in range(30):
+        params, state, loss = step(params, state, jax.random.fold_in(key, i % 3))
+        losses.append(float(loss))
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+    recon = method.predict(params, batch["image"], jax.random.PRNGKey(2))["reconstruction"]
+    assert recon.shape == batch["image"].shape
+    assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+
+
+def test_patchwise_reconstruction_noises_one_patch_at_a_time_and_stitches_the_patches():
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)), jnp.float32)
+    noise = jnp.ones_like(x) * 5.0
+
+    def x0_fn(x_in, mask):
+        # an oracle that returns the clean image, tagged with how many input pixels were noised
+        return x + jnp.sum(x_in != x).astype(x.dtype)
+
+    out = reconstruction.patchwise_reconstruct(x0_fn, x, noise, lambda a, n: a + n, patch=4, stride=4)
+    # every pixel comes from the call that noised its own 4x4 patch, and only that patch, in both images
+    np.testing.assert_allclose(np.asarray(out), np.asarray(x) + 2 * 16, rtol=1e-6)
+
+
+def test_masp_weights_are_cosine_similarities_of_the_modulated_features_with_the_prompt_blocks():
+    h = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, 8))
+    module = ModalityAwarePrompting(num_prompts=5)
+    params = module.init(jax.random.PRNGKey(1), h)
+    out = module.apply(params, h)
+    p = jax.tree.map(np.asarray, params["params"])
+    q = np.asarray(h) * p["Q"]
+    cos = np.einsum("bhwc,nc->bhwn", q, p["K"]) / (
+        np.linalg.norm(q, axis=-1, keepdims=True) * np.linalg.norm(p["K"], axis=-1)
+    )
+    np.testing.assert_allclose(np.asarray(out), cos @ p["V"], rtol=1e-4, atol=1e-6)
+
+
+def test_modality_aware_network_adds_the_mam_and_still_maps_images_to_images():
+    x = jnp.zeros((2, 16, 16, 1))
+    t = jnp.zeros((2,), jnp.int32)
+    kwargs = dict(out_channels=1, base_features=8, multipliers=(1, 2), attention_levels=(1,))
+    plain = ReconstructionUNet(**kwargs).init(jax.random.PRNGKey(0), x, t)["params"]
+    mam = ReconstructionUNet(**kwargs, modality_aware=True).init(jax.random.PRNGKey(0), x, t)["params"]
+    assert "ModalityAwareModule_0" in mam and "ModalityAwareModule_0" not in plain
+    assert "MambaBlock_0" in mam["ModalityAwareModule_0"]
+    with pytest.raises(ValueError, match="time-conditioned"):
+        ReconstructionUNet(**kwargs).init(jax.random.PRNGKey(0), x)
+
+
+def test_uma_masking_hides_content_in_about_half_the_batch_and_the_loss_covers_the_whole_image():
+    config = smoke_config("anomaly_uma_ddpm")
+    images = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (64, 16, 16, 1)), jnp.float32)
+    corrupted, region = patched_ddpm.corrupt(config, jax.random.PRNGKey(0), images)
+    changed = np.asarray(jnp.any(jnp.abs(corrupted - images) > 1e-6, axis=(1, 2, 3)))
+    assert 16 < changed.sum() < 48
+    assert bool(region.all())
+    pconfig = smoke_config("anomaly_pddpm")
+    same, nothing = patched_ddpm.corrupt(pconfig, jax.random.PRNGKey(0), images)
+    assert bool((same == images).all()) and not bool(nothing.any())
+
+
+def test_fft_amplitude_ignores_circular_shifts_and_keeps_the_energy():
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 1))
+    a = reconstruction.fft_amplitude(x)
+    np.testing.assert_allclose(a, reconstruction.fft_amplitude(jnp.roll(x, (2, 3), (1, 2))), rtol=1e-5)
+    np.testing.assert_allclose(float(jnp.sum(a**2)), float(jnp.sum(x**2)), rtol=1e-5)
+
+
+def test_partial_chain_from_step_zero_is_one_x0_prediction_and_rejects_bad_starts():
+    schedule = make_schedule("linear", 100)
+    x = jnp.ones((1, 4, 4, 1)) * 0.5
+    out = samplers.sample_from(lambda x_t, t: jnp.zeros_like(x_t), schedule, "eps", x, 0, jax.random.PRNGKey(0))
+    expected = 0.5 / float(schedule.sqrt_alphas_cumprod[0])  # eps = 0 -> x0 = x_t / sqrt(alpha_bar_0)
+    np.testing.assert_allclose(np.asarray(out), np.clip(expected, -1, 1), rtol=1e-6)
+    with pytest.raises(ValueError, match="start_step"):
+        samplers.sample_from(lambda a, t: a, schedule, "eps", x, 100, jax.random.PRNGKey(0))
+
+
+def test_sequences_parse_from_the_command_line_form_and_reject_unknown_names():
+    config = smoke_config("anomaly_uma_ddpm", "unified")
+    assert task.sequences(config) == ("t1", "t2")
+    config.data.sequences = "T2"
+    assert task.sequences(config) == ("t2",)
+    for bad in ("flair", "t2,t2", ""):
+        config.data.sequences = bad
+        with pytest.raises(ValueError, match="data.sequences"):
+            task.sequences(config)
+    with pytest.raises(ValueError, match="variant"):
+        smoke_config("anomaly_uma_ddpm", "nope")
+
+
+def test_unified_examples_stack_each_sequence_as_its_own_single_channel_example():
+    image = np.stack([np.zeros((3, 4, 4)), np.ones((3, 4, 4))], axis=-1)
+    brain = np.ones((3, 4, 4, 1))
+    out = task.single_sequence_examples(image, brain)
+    assert out["image"].shape == (6, 4, 4, 1) and out["label"].shape == (6, 4, 4, 1)
+    assert out["image"][:3].max() == 0 and out["image"][3:].min() == 1
