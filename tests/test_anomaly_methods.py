@@ -125,7 +125,8 @@ def test_fft_amplitude_ignores_circular_shifts_and_keeps_the_energy():
 def test_partial_chain_from_step_zero_is_one_x0_prediction_and_rejects_bad_starts():
     schedule = make_schedule("linear", 100)
     x = jnp.ones((1, 4, 4, 1)) * 0.5
-    out = samplers.sample_from(lambda x_t, t: jnp.zeros_like(x_t), schedule, "eps", x, 0, jax.random.PRNGKey(0))
+    zero_eps = lambda x_t, t: jnp.zeros_like(x_t)  # noqa: E731
+    out = samplers.sample_from(zero_eps, schedule, "eps", x, 0, jax.random.PRNGKey(0))
     expected = 0.5 / float(schedule.sqrt_alphas_cumprod[0])  # eps = 0 -> x0 = x_t / sqrt(alpha_bar_0)
     np.testing.assert_allclose(np.asarray(out), np.clip(expected, -1, 1), rtol=1e-6)
     with pytest.raises(ValueError, match="start_step"):

@@ -117,7 +117,8 @@ def evaluate(
     for k, name in enumerate(names):
         val_scores, val_labels = [], []
         for volume in tqdm(splits["val_tumour"], desc=f"{name} threshold", disable=not progress):
-            amap = volume_map(volume.image[..., k], reconstruct_volume(predict, volume, k), volume.brain, config)
+            recon = reconstruct_volume(predict, volume, k)
+            amap = volume_map(volume.image[..., k], recon, volume.brain, config)
             val_scores.append(amap[volume.brain])
             val_labels.append(volume.label[volume.brain])
         threshold, val_dice = detection.best_threshold(np.concatenate(val_scores), np.concatenate(val_labels))
@@ -133,7 +134,8 @@ def evaluate(
             _write_outputs(out_dir, config, volume, name, index, amap, recon, pred, k)
         per_healthy = []
         for volume in tqdm(healthy, desc=f"{name} healthy test", disable=not progress):
-            scores = healthy_scores(volume.image[..., k], reconstruct_volume(predict, volume, k), volume.brain)
+            recon = reconstruct_volume(predict, volume, k)
+            scores = healthy_scores(volume.image[..., k], recon, volume.brain)
             per_healthy.append(scores)
             rows.append({"case_id": volume.case_id, "kind": "healthy", "sequence": name, **_rounded(scores)})
         summary["sequences"][name] = {
