@@ -26,7 +26,20 @@ def dataset_root(config: ml_collections.ConfigDict, progress: bool = True) -> pa
     )
 
 
+def available(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+    """`data.available` ('t1,flair') as names; None = all four sequences must exist."""
+    from diffseg_jax.modalities import parse_available
+
+    text = config.data.get("available", "")
+    if not text:
+        return None
+    try:
+        return parse_available(text)
+    except ValueError as err:
+        raise brats.DataError(f"data.{err}") from None
+
+
 def load_splits(config: ml_collections.ConfigDict, progress: bool = True) -> dict[str, list[brats.CaseFiles]]:
     """Finds and splits the labelled cases by patient (train/val/test, seeded)."""
-    cases = brats.find_cases(dataset_root(config, progress), require_seg=True)
+    cases = brats.find_cases(dataset_root(config, progress), available=available(config), require_seg=True)
     return brats.split_cases(cases, tuple(config.data.split_fractions), seed=config.data.split_seed)

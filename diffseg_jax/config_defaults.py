@@ -87,6 +87,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     d.split_fractions = (0.7, 0.15, 0.15)
     d.split_seed = 0
     d.augment = True
+    d.available = ""  # e.g. 't1,flair': the sequences the cases have (others may lack files; zero channels)
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 1600
@@ -105,6 +106,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     t.eval_every = 400
     t.val_max_slices = 64
     t.keep_checkpoints = 2
+    t.sequence_dropout = 0.0  # fraction of examples that see a random subset of the sequences
     t.stop_after = 0  # >0: end this run after that many steps, with a checkpoint (the next run resumes)
 
     c.sampling = s = ml_collections.ConfigDict()
@@ -123,6 +125,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     e.max_cases = 0  # 0 = all
     e.num_overlays = 3
     e.write_predictions = True
+    e.available = ""  # e.g. 'flair': segment with only these sequences (the others zeroed)
 
     if preset == "smoke":
         d.phantom_cases = 6

@@ -17,7 +17,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from data_pipelines import brats, slices, sources
-from diffseg_jax import inference, metrics, parallel
+from diffseg_jax import inference, metrics, modalities, parallel
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.base import Method
 from diffseg_jax.methods.registry import build_method
@@ -43,6 +43,8 @@ def segment_volume(
         raise brats.DataError(f"{volume.case_id}: every voxel of every sequence is zero")
     geom = slices.slice_geometry(mask, config.data.image_size)
     inputs = slices.to_slices(slices.normalize(images, mask), geom, z)
+    if config.eval.get("available", ""):  # segment from a subset: the other sequences become zeros
+        inputs = inputs * modalities.availability_vector(modalities.parse_available(config.eval.available))
     out = inference.predict_slices(predict_fn, params, inputs, key, mesh, config.eval.batch_size, progress)
     return {
         name: slices.from_slices(out[name], geom, z) * mask[..., None] for name in ("prob", "uncertainty")
@@ -161,11 +163,15 @@ def evaluate(
     """Segments the test split (or `eval.data_root`) and writes everything under <workdir>/eval/."""
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(config.eval.output_dir) if config.eval.output_dir else workdir / "eval"
+    try:
+        modalities.parse_available(config.eval.get("available", ""))
+    except ValueError as err:
+        raise brats.DataError(f"eval.{err}") from None
     mesh = parallel.make_mesh()
     method = build_method(config)
     params, step = restore_params(config, workdir, method, mesh)
     if config.eval.data_root:
-        cases = brats.find_cases(config.eval.data_root)
+        cases = brats.find_cases(config.eval.data_root, available=sources.available(config))
     else:
         cases = sources.load_splits(config, progress)[config.eval.split]
     if config.eval.max_cases:

@@ -20,7 +20,7 @@ from clu import metric_writers
 from tqdm.auto import tqdm
 
 from data_pipelines import input_pipeline, sources
-from diffseg_jax import inference, parallel
+from diffseg_jax import inference, modalities, parallel
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.base import Method
 from diffseg_jax.methods.registry import build_method
@@ -86,10 +86,21 @@ def ema_decay(step: jnp.ndarray, max_decay: float) -> jnp.ndarray:
 
 
 def train_step(
-    state: TrainState, batch: dict[str, jnp.ndarray], method: Method, ema_max_decay: float
+    state: TrainState,
+    batch: dict[str, jnp.ndarray],
+    method: Method,
+    ema_max_decay: float,
+    sequence_dropout: float = 0.0,
 ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-    """One optimisation step; pure, so it can be jitted with shardings and donated state."""
+    """One optimisation step; pure, so it can be jitted with shardings and donated state.
+
+    `sequence_dropout` > 0: that fraction of examples sees a random non-empty subset of the sequences
+    (missing ones zeroed, `modalities.py`), so the model learns to segment from any subset.
+    """
     key = jax.random.fold_in(state.rng, state.step)
+    if sequence_dropout > 0:
+        dropped = modalities.drop_sequences(jax.random.fold_in(key, 7), batch["image"], sequence_dropout)
+        batch = {**batch, "image": dropped}
     (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(state.params, batch, key)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -102,7 +113,12 @@ def train_step(
 
 def make_train_step(method: Method, config: ml_collections.ConfigDict, mesh):
     """train_step jitted once: state replicated and donated, batch sharded over the data axis."""
-    step = functools.partial(train_step, method=method, ema_max_decay=config.train.ema_decay)
+    step = functools.partial(
+        train_step,
+        method=method,
+        ema_max_decay=config.train.ema_decay,
+        sequence_dropout=config.train.get("sequence_dropout", 0.0),
+    )
     rep = parallel.replicated(mesh)
     return jax.jit(
         step,
