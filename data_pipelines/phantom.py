@@ -217,13 +217,18 @@ def _add_lesion(
 
 
 def generate_case(
-    index: int, seed: int = 0, spacing_mm: float = 2.0, return_tissue: bool = False
+    index: int,
+    seed: int = 0,
+    spacing_mm: float = 2.0,
+    return_tissue: bool = False,
+    healthy: bool = False,
 ) -> dict[str, np.ndarray]:
     """One synthetic case as a pure function of ``(seed, index)``.
 
     Returns float32 ``t1, t1ce, t2, flair`` (integer-valued, int16 range, 0 outside the brain as
-    in skull-stripped BraTS), uint8 ``seg`` in {0, 1, 2, 4} and the 4x4 ``affine``; with
-    ``return_tissue`` also the deformed ``gm, wm, csf`` fractions (for checks).
+    in skull-stripped BraTS), uint8 ``seg`` in {0, 1, 2, 4}, the bool ``brain`` and the 4x4 ``affine``;
+    with ``return_tissue`` also the deformed ``gm, wm, csf`` fractions (for checks). ``healthy`` = no
+    lesion, whatever the index (the IXI-layout healthy subjects, `phantom_ixi.py`).
     """
     if index < 0 or seed < 0:
         raise ValueError("index and seed must be non-negative")
@@ -237,7 +242,7 @@ def generate_case(
         c_csf, c_gm, _ = (v * rng.uniform(0.93, 1.07) for v in _TISSUE[seq])
         images[seq] = (c_csf * csf + c_gm * gm + wm) * np.float32(wm_level[seq])
     seg = np.zeros(gm.shape, np.uint8)
-    if not tumour_free(index, seed):
+    if not healthy and not tumour_free(index, seed):
         for _ in range(rng.choice([1, 2, 3], p=[0.6, 0.28, 0.12])):
             _add_lesion(rng, images, seg, tissue, wm_level, spacing_mm)
     bias = _smooth_fields(rng, gm.shape, len(SEQUENCES), 4).reshape(len(SEQUENCES), -1)
@@ -253,6 +258,7 @@ def generate_case(
         img[idx] = np.clip(np.rint(v), 0, np.iinfo(np.int16).max)
         out[seq] = img.reshape(gm.shape)
     out["seg"] = seg * brain
+    out["brain"] = brain.astype(bool)
     out["affine"] = anat.affine.copy()
     if return_tissue:
         out.update(gm=gm, wm=wm, csf=csf)

@@ -114,8 +114,8 @@ def _per_case_csv(rows: list[dict[str, Any]]) -> str:
     import io
 
     buffer = io.StringIO()
-    fields = list(rows[0]) if rows else ["case_id"]
-    writer = csv.DictWriter(buffer, fieldnames=fields)
+    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["case_id"]  # union, first-seen order
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

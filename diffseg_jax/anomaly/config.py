@@ -27,6 +27,7 @@ def anomaly_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     d.healthy_subjects = 40
     d.mask_suffix = "mask"  # <subject>-<suffix>.nii.gz brain masks; '' = voxels > 0 (skull-stripped data)
     d.min_brain_fraction = 0.05  # training slices need this much brain
+    d.tumour_split_fractions = (0.0, 0.5, 0.5)  # BraTS-layout cases: none train, half val, half test
     d.image_size = d.grid[0]
 
     c.model = m = unet_model_config(preset)
@@ -65,11 +66,11 @@ def anomaly_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     a.min_component = 7
 
     t = c.train
-    t.steps = 1000
-    t.batch_size = 16
-    t.learning_rate = 1e-4 * 3
-    t.val_max_slices = 96
-    c.sampling.num_steps = 10
+    if preset == "":
+        t.steps = 1000
+        t.batch_size = 16
+        t.eval_every = t.checkpoint_every = 250
+        t.val_max_slices = 96
 
     if preset == "smoke":
         d.grid = (32, 32, 8)
@@ -82,7 +83,6 @@ def anomaly_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
         a.dae_noise_scale = 4
         t.batch_size = 8
         t.val_max_slices = 16
-        c.sampling.num_steps = 3
     elif preset == "paper":
         d.grid = (96, 96, 50)
         d.image_size = 96

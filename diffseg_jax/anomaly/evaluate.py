@@ -24,6 +24,8 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
+from data_pipelines.anomaly_data import to_nifti_order
+from data_pipelines.brats import DataError
 from diffseg_jax import inference, metrics, parallel
 from diffseg_jax.anomaly import detection, task
 from diffseg_jax.evaluate import _per_case_csv, _write_text_atomic, restore_params
@@ -78,9 +80,10 @@ def save_overlay(path: pathlib.Path, title: str, panels: list[tuple[np.ndarray, 
 def _save_volume(path: pathlib.Path, volume: np.ndarray, affine: np.ndarray, dtype) -> None:
     """[D, H, W] on the preprocessed grid -> NIfTI [H, W, D] with the grid's affine (opens over the scan)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.transpose(volume, (1, 2, 0)).astype(dtype)
-    tmp = path.with_name(f".{path.name}.tmp")
-    nib.save(nib.Nifti1Image(data, affine), tmp)
+    image = nib.Nifti1Image(to_nifti_order(volume).astype(dtype), affine)
+    image.header.set_xyzt_units("mm")
+    tmp = path.with_name(f".tmp-{path.name}")  # same extension: nibabel picks the format by name
+    nib.save(image, tmp)
     tmp.replace(path)
 
 
@@ -102,6 +105,11 @@ def evaluate(
     predict_fn = inference.make_predict_fn(method, mesh)
     key = jax.random.PRNGKey(config.seed + 1000)
     tumour, healthy = splits["test_tumour"], splits["test"]
+    for name, volumes in (("validation", splits["val_tumour"]), ("test", tumour), ("healthy test", healthy)):
+        if not volumes:
+            raise DataError(
+                f"no {name} cases with the anomaly splits (data.split_fractions / tumour_split_fractions)"
+            )
     if config.eval.max_cases:
         tumour, healthy = tumour[: config.eval.max_cases], healthy[: config.eval.max_cases]
 

@@ -34,9 +34,9 @@ def sequences(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy whose data.sequences is a tuple (what `data_pipelines.anomaly_data` reads)."""
-    copy = ml_collections.ConfigDict(config.to_dict())
-    copy.data.sequences = sequences(config)
-    return copy
+    fields = config.to_dict()
+    fields["data"]["sequences"] = sequences(config)
+    return ml_collections.ConfigDict(fields)
 
 
 def single_sequence_examples(image: np.ndarray, brain: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,0 +1,111 @@
+"""Healthy phantom subjects written in the IXI layout: the training data of the anomaly detectors.
+
+Same generator as the BraTS-layout phantom (`phantom.generate_case(..., healthy=True)`), so healthy and
+tumour scans share intensities, bias and noise: a detector then flags lesions, not a domain shift. Indices
+start at HEALTHY_INDEX_OFFSET, a random stream disjoint from the tumour cases' (different anatomy draws).
+Files, in one flat folder as the IXI tarballs unpack: IXI<nnn>-<site>-<nnnn>-{T1,T2}.nii.gz and a brain
+mask IXI<nnn>-<site>-<nnnn>-mask.nii.gz (IXI ships no masks; real users make them, e.g. with HD-BET).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from tqdm.auto import tqdm
+
+from data_pipelines import phantom
+
+HEALTHY_INDEX_OFFSET = 100_000
+SITES = ("Guys", "HH", "IOP")
+VERSION = 1
+_FILES = {"T1": "t1", "T2": "t2"}
+
+
+def subject_id(index: int) -> str:
+    """IXI<nnn>-<site>-<nnnn>: 1-based number, site cycling, a deterministic 4-digit scan number."""
+    return f"IXI{index + 1:03d}-{SITES[index % len(SITES)]}-{(index * 7919 + 500) % 9000 + 1000:04d}"
+
+
+def _save(path: pathlib.Path, data: np.ndarray, affine: np.ndarray, dtype) -> None:
+    img = nib.Nifti1Image(data.astype(dtype), affine)
+    img.header.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, path)
+
+
+def _meta(num_subjects: int, seed: int, spacing_mm: float) -> dict[str, Any]:
+    return {
+        "generator": "diffseg_jax.phantom_ixi",
+        "layout": "IXI",
+        "num_subjects": int(num_subjects),
+        "seed": int(seed),
+        "spacing_mm": float(spacing_mm),
+        "version": VERSION,
+        "phantom_version": phantom.PHANTOM_VERSION,
+    }
+
+
+def write_ixi_dataset(
+    root: str | os.PathLike[str],
+    num_subjects: int = 40,
+    seed: int = 0,
+    spacing_mm: float = 2.0,
+    progress: bool = True,
+) -> pathlib.Path:
+    """Writes the subjects into a temp folder, swaps it in, then writes phantom_ixi.json (the marker)."""
+    root = pathlib.Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        for i in tqdm(range(num_subjects), desc=f"phantom {root.name}", disable=not progress):
+            case = phantom.generate_case(HEALTHY_INDEX_OFFSET + i, seed, spacing_mm, healthy=True)
+            sid = subject_id(i)
+            for suffix, key in _FILES.items():
+                _save(tmp / f"{sid}-{suffix}.nii.gz", case[key], case["affine"], np.int16)
+            _save(tmp / f"{sid}-mask.nii.gz", case["brain"], case["affine"], np.uint8)
+        old = None
+        if root.exists():  # stale dataset: move aside, drop after the swap (never a moment without one)
+            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            os.replace(root, old / "data")
+        os.replace(tmp, root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    phantom._write_json(root / "phantom_ixi.json", _meta(num_subjects, seed, spacing_mm))
+    return root
+
+
+def ensure_ixi_dataset(
+    cache_dir: str | os.PathLike[str],
+    num_subjects: int = 40,
+    seed: int = 0,
+    spacing_mm: float = 2.0,
+    progress: bool = True,
+) -> pathlib.Path:
+    """The cached healthy dataset, generated on first use (locked against concurrent generators)."""
+    cache_dir = pathlib.Path(cache_dir)
+    path = cache_dir / f"phantom-ixi-n{num_subjects}-s{seed}-{phantom._spacing_tag(spacing_mm)}"
+    meta = _meta(num_subjects, seed, spacing_mm)
+
+    def complete() -> bool:
+        try:
+            return json.loads((path / "phantom_ixi.json").read_text()) == meta
+        except (OSError, ValueError):
+            return False
+
+    if complete():
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with phantom._lock(cache_dir / f".{path.name}.lock"):
+        if not complete():
+            write_ixi_dataset(path, num_subjects, seed, spacing_mm, progress)
+    return path
