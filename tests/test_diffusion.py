@@ -124,3 +124,14 @@ def test_x0_loss_weighting_is_min_snr():
     snr = np.asarray(schedule.snr)[[0, 999]]
     np.testing.assert_allclose(terms["x0_mse"], [0.01, 0.01], rtol=1e-4)
     np.testing.assert_allclose(terms["noise_mse"], 0.01 * np.minimum(snr, 5.0), rtol=1e-3)
+
+
+def test_timestep_power_skews_training_steps_towards_high_noise_and_power_one_is_uniform():
+    key = jax.random.PRNGKey(3)
+    uniform = process.sample_timesteps(key, 20_000, 1000)
+    np.testing.assert_array_equal(uniform, jax.random.randint(key, (20_000,), 0, 1000))
+    skewed = np.asarray(process.sample_timesteps(key, 20_000, 1000, power=2.0))
+    assert skewed.min() >= 0 and skewed.max() <= 999
+    assert abs(np.mean(skewed >= 500) - 0.75) < 0.02  # P(t >= T/2) = 1 - 2^-power
+    with pytest.raises(ValueError, match="power"):
+        process.sample_timesteps(key, 4, 1000, power=0.0)
