@@ -16,7 +16,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import nibabel as nib
@@ -292,25 +292,16 @@ def _meta(num_cases: int, seed: int, spacing_mm: float) -> dict[str, Any]:
     }
 
 
-def write_dataset(
-    root: str | os.PathLike[str],
-    num_cases: int = 60,
-    seed: int = 0,
-    spacing_mm: float = 2.0,
-    progress: bool = True,
+def write_atomically(
+    root: str | os.PathLike[str], fill: Callable[[pathlib.Path], None], marker: str, meta: dict[str, Any]
 ) -> pathlib.Path:
-    """Write ``num_cases`` cases to ``root`` atomically, then ``root/phantom.json``.
-
-    Cases are built in a hidden sibling temp dir and swapped in with ``os.replace``; the json,
-    written last, is the completion marker, so an interrupted run never looks complete.
-    """
+    """fill(tmp) writes a dataset into a hidden sibling temp dir, swapped in with ``os.replace``; the
+    ``marker`` json, written last, is the completion mark, so an interrupted run never looks complete."""
     root = pathlib.Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        for i in tqdm(range(num_cases), desc=f"phantom {root.name}", disable=not progress):
-            cid = case_id(i)
-            _write_case(tmp / cid, cid, generate_case(i, seed, spacing_mm))
+        fill(tmp)
         old = None
         if root.exists():  # stale or mismatching dataset: move aside, drop after the swap
             old = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
@@ -321,21 +312,51 @@ def write_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_json(root / "phantom.json", _meta(num_cases, seed, spacing_mm))
+    _write_json(root / marker, meta)
     return root
+
+
+def ensure_generated(
+    path: pathlib.Path, marker: str, meta: dict[str, Any], write: Callable[[pathlib.Path], Any]
+) -> pathlib.Path:
+    """``path`` if its marker matches ``meta``, else write(path) under a lock (concurrent runs wait)."""
+
+    def complete() -> bool:
+        try:
+            return json.loads((path / marker).read_text()) == meta
+        except (OSError, ValueError):
+            return False
+
+    if complete():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(path.parent / f".{path.name}.lock"):
+        if not complete():  # another process may have finished meanwhile
+            write(path)
+    return path
+
+
+def write_dataset(
+    root: str | os.PathLike[str],
+    num_cases: int = 60,
+    seed: int = 0,
+    spacing_mm: float = 2.0,
+    progress: bool = True,
+) -> pathlib.Path:
+    """Write ``num_cases`` cases to ``root`` atomically, then ``root/phantom.json``."""
+
+    def fill(tmp: pathlib.Path) -> None:
+        for i in tqdm(range(num_cases), desc=f"phantom {pathlib.Path(root).name}", disable=not progress):
+            cid = case_id(i)
+            _write_case(tmp / cid, cid, generate_case(i, seed, spacing_mm))
+
+    return write_atomically(root, fill, "phantom.json", _meta(num_cases, seed, spacing_mm))
 
 
 def default_cache_dir() -> pathlib.Path:
     """``$DIFFSEG_CACHE`` if set, else ``~/.cache/diffseg_jax``: one shared place for datasets."""
     env = os.environ.get("DIFFSEG_CACHE")
     return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "diffseg_jax"
-
-
-def _is_complete(path: pathlib.Path, meta: dict[str, Any]) -> bool:
-    try:
-        return json.loads((path / "phantom.json").read_text()) == meta
-    except (OSError, ValueError):
-        return False
 
 
 @contextlib.contextmanager
@@ -365,10 +386,6 @@ def ensure_dataset(
     cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache_dir / f"phantom-n{num_cases}-s{seed}-{_spacing_tag(spacing_mm)}"
     meta = _meta(num_cases, seed, spacing_mm)
-    if _is_complete(path, meta):
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _lock(cache_dir / f".{path.name}.lock"):
-        if not _is_complete(path, meta):  # another process may have finished meanwhile
-            write_dataset(path, num_cases, seed, spacing_mm, progress)
-    return path
+    return ensure_generated(
+        path, "phantom.json", meta, lambda p: write_dataset(p, num_cases, seed, spacing_mm, progress)
+    )

@@ -9,11 +9,8 @@ mask IXI<nnn>-<site>-<nnnn>-mask.nii.gz (IXI ships no masks; real users make the
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import nibabel as nib
@@ -26,6 +23,7 @@ HEALTHY_INDEX_OFFSET = 100_000
 SITES = ("Guys", "HH", "IOP")
 VERSION = 1
 _FILES = {"T1": "t1", "T2": "t2"}
+MARKER = "phantom_ixi.json"
 
 
 def subject_id(index: int) -> str:
@@ -59,29 +57,18 @@ def write_ixi_dataset(
     spacing_mm: float = 2.0,
     progress: bool = True,
 ) -> pathlib.Path:
-    """Writes the subjects into a temp folder, swaps it in, then writes phantom_ixi.json (the marker)."""
-    root = pathlib.Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        for i in tqdm(range(num_subjects), desc=f"phantom {root.name}", disable=not progress):
+    """Writes the subjects atomically (`phantom.write_atomically`), then phantom_ixi.json (the marker)."""
+
+    def fill(tmp: pathlib.Path) -> None:
+        name = pathlib.Path(root).name
+        for i in tqdm(range(num_subjects), desc=f"phantom {name}", disable=not progress):
             case = phantom.generate_case(HEALTHY_INDEX_OFFSET + i, seed, spacing_mm, healthy=True)
             sid = subject_id(i)
             for suffix, key in _FILES.items():
                 _save(tmp / f"{sid}-{suffix}.nii.gz", case[key], case["affine"], np.int16)
             _save(tmp / f"{sid}-mask.nii.gz", case["brain"], case["affine"], np.uint8)
-        old = None
-        if root.exists():  # stale dataset: move aside, drop after the swap (never a moment without one)
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / "data")
-        os.replace(tmp, root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    phantom._write_json(root / "phantom_ixi.json", _meta(num_subjects, seed, spacing_mm))
-    return root
+
+    return phantom.write_atomically(root, fill, MARKER, _meta(num_subjects, seed, spacing_mm))
 
 
 def ensure_ixi_dataset(
@@ -92,20 +79,8 @@ def ensure_ixi_dataset(
     progress: bool = True,
 ) -> pathlib.Path:
     """The cached healthy dataset, generated on first use (locked against concurrent generators)."""
-    cache_dir = pathlib.Path(cache_dir)
-    path = cache_dir / f"phantom-ixi-n{num_subjects}-s{seed}-{phantom._spacing_tag(spacing_mm)}"
+    path = pathlib.Path(cache_dir) / f"phantom-ixi-n{num_subjects}-s{seed}-{phantom._spacing_tag(spacing_mm)}"
     meta = _meta(num_subjects, seed, spacing_mm)
-
-    def complete() -> bool:
-        try:
-            return json.loads((path / "phantom_ixi.json").read_text()) == meta
-        except (OSError, ValueError):
-            return False
-
-    if complete():
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with phantom._lock(cache_dir / f".{path.name}.lock"):
-        if not complete():
-            write_ixi_dataset(path, num_subjects, seed, spacing_mm, progress)
-    return path
+    return phantom.ensure_generated(
+        path, MARKER, meta, lambda p: write_ixi_dataset(p, num_subjects, seed, spacing_mm, progress)
+    )

@@ -15,19 +15,15 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffseg_jax.anomaly import masking
+from diffseg_jax.methods.base import unet_kwargs
 from diffseg_jax.models.anomaly import ReconstructionUNet
 
 
 def reconstruction_unet(config: ml_collections.ConfigDict, time_conditioned: bool) -> ReconstructionUNet:
+    """The shared U-Net shape (`unet_kwargs`) mapping one sequence to its reconstruction."""
     m = config.model
     return ReconstructionUNet(
-        out_channels=1,
-        base_features=m.base_features,
-        multipliers=tuple(m.multipliers),
-        num_res_blocks=m.num_res_blocks,
-        attention_levels=tuple(m.attention_levels),
-        dropout=m.dropout,
-        remat=m.get("remat", False),
+        **{**unet_kwargs(config), "out_channels": 1},
         time_conditioned=time_conditioned,
         modality_aware=m.get("modality_aware", False),
         num_prompts=m.get("num_prompts", 4),
