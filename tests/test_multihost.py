@@ -13,7 +13,7 @@ import sys
 import jax
 import numpy as np
 
-from configs import btsegdiff
+from configs import unet_baseline
 from data_pipelines import sources
 from diffseg_jax import parallel
 from diffseg_jax.checkpoint import Checkpoints
@@ -23,7 +23,7 @@ from diffseg_jax.train import create_train_state
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 4
 ARGS = [
-    "--config=configs/btsegdiff.py:smoke",
+    "--config=configs/unet_baseline.py:smoke",  # the smallest compile: this tests the plumbing
     f"--config.train.steps={STEPS}",
     "--config.train.eval_every=0",
     f"--config.train.checkpoint_every={STEPS}",
@@ -83,7 +83,7 @@ def _params(workdir: pathlib.Path, step: int):
 
 
 def test_two_processes_equal_one_process(tmp_path):
-    sources.load_splits(btsegdiff.get_config("smoke"), progress=False)  # data written once, up front
+    sources.load_splits(unet_baseline.get_config("smoke"), progress=False)  # data written once, up front
     multi, single = tmp_path / "multi", tmp_path / "single"
     _train(multi, 2, 2, "--config.train.stop_after=2")
     assert (multi / "checkpoints" / "2").is_dir() and not (multi / "checkpoints" / str(STEPS)).exists()
@@ -104,7 +104,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 
 
 def _initial_state():
-    config = btsegdiff.get_config("smoke")
+    config = unet_baseline.get_config("smoke")
     config.train.optimizer = "sgd"
     size = config.data.image_size
     sample = {
