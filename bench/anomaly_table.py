@@ -89,15 +89,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", default="runs/anomaly", help="one workdir per run under this folder")
     parser.add_argument("--preset", default="", help="'' (default), 'smoke' or 'paper'")
+    parser.add_argument(
+        "--t1-rows",
+        default=",".join(SINGLE),
+        help="single-mode rows also trained on T1 (the others show 'not run' in the T1 columns)",
+    )
     args, extra = parser.parse_known_args(argv)
     if any(not o.startswith("--config.") for o in extra):
         parser.error(f"unknown arguments {extra}; only --config.* overrides are passed through")
     out = pathlib.Path(args.out).resolve()
 
     table1: dict[str, dict[str, list[str]]] = {}
+    t1_rows = set(args.t1_rows.split(","))
     for label, (config, variant) in SINGLE.items():
         table1[label] = {
-            s: cells(train_and_eval(out, config, variant, s, args.preset, extra), s) for s in SEQUENCES
+            s: cells(train_and_eval(out, config, variant, s, args.preset, extra), s)
+            if s != "t1" or label in t1_rows
+            else ["not run"] * len(COLUMNS)
+            for s in SEQUENCES
         }
     unified = train_and_eval(out, "anomaly_uma_ddpm", "unified", ",".join(SEQUENCES), args.preset, extra)
     table1["UMA-DDPM (unified)"] = {s: cells(unified, s) for s in SEQUENCES}
