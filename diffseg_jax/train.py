@@ -218,6 +218,10 @@ def prepare_task(config, progress: bool):
         len(splits["test"]),
         len(train_arrays["image"]),
     )
+    if config.get("task", "segmentation") == "synthesis":  # M2DN: same slices, labels unused
+        from diffseg_jax.missing import synthesis
+
+        return train_arrays, val_arrays, synthesis.validation_scores
     return train_arrays, val_arrays, segmentation_scores
 
 

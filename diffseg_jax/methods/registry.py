@@ -19,6 +19,7 @@ _METHODS = {
     "pddpm": "diffseg_jax.methods.patched_ddpm",
     "mddpm": "diffseg_jax.methods.patched_ddpm",
     "uma_ddpm": "diffseg_jax.methods.patched_ddpm",
+    "m2dn": "diffseg_jax.methods.m2dn",  # missing-sequence synthesis (task 'synthesis')
 }
 
 

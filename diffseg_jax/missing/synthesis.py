@@ -1,0 +1,212 @@
+"""Scoring missing-sequence synthesis (M2DN): validation PSNR during training, and the test evaluation.
+
+Evaluation, per test case and per each of the 14 availability patterns (non-empty proper subsets): cut the
+normalised volume into slices as segmentation does (`evaluate.segment_volume`), zero the missing sequences,
+synthesise them slice batch by slice batch, paste the slices back on the case's grid and score each
+synthesised sequence against the real normalised one inside the brain: PSNR (data range = max - min of the
+reference in the brain), SSIM (per axial slice on the brain's bounding box, mean over brain slices), MAE.
+Baseline "mean of the available sequences" per pixel, built from the same slices and pasted back the same
+way (fair: it pays the same resampling). `resampling_ceiling` scores the real sequence after that round
+trip: the best any slice-based synthesis can reach on this grid.
+Writes <workdir>/eval/metrics.json, per_case.csv and, for the first `eval.num_overlays` cases and the
+single-missing patterns, synthesis/<case>_missing-<seq>_<seq>.nii.gz (z-scores on the case's grid).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm.auto import tqdm
+
+from data_pipelines import brats, slices, sources
+from diffseg_jax import inference, metrics, parallel
+from diffseg_jax.anomaly import detection
+from diffseg_jax.evaluate import _per_case_csv, _write_text_atomic, restore_params
+from diffseg_jax.methods.registry import build_method
+from diffseg_jax.modalities import MODALITIES, all_subsets, availability_vector
+
+PATTERNS: tuple[tuple[str, ...], ...] = tuple(s for s in all_subsets() if len(s) < len(MODALITIES))
+_SSIM_WINDOW = 11  # detection.ssim's Gaussian window: every side must be at least this
+
+
+def pattern_name(available: tuple[str, ...]) -> str:
+    """'t1,t2 -> t1ce,flair': what is given -> what is synthesised."""
+    missing = [m for m in MODALITIES if m not in available]
+    return f"{','.join(available)} -> {','.join(missing)}"
+
+
+def mean_of_available(images: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """Baseline synthesis: per pixel mean of the available channels, [N, H, W, M] x [M] -> [N, H, W, 1]."""
+    weights = np.asarray(available, np.float32)
+    return (np.tensordot(images, weights, axes=([-1], [0])) / weights.sum())[..., None]
+
+
+def validation_scores(predict: Callable[[np.ndarray], dict], val_arrays: dict[str, np.ndarray]) -> dict:
+    """PSNR of each sequence synthesised from the other three, pooled over the brain pixels of the slices.
+
+    Returns 'val/psnr_<seq>' and their mean under 'val/dice': the key the training loop's best-checkpoint
+    manager tracks (higher is better), so "best" is the checkpoint with the best mean PSNR.
+    """
+    images = np.asarray(val_arrays["image"], np.float32)
+    brain = np.any(images != 0, axis=-1)
+    n = images.shape[0]
+    inputs = [images * availability_vector(tuple(m for m in MODALITIES if m != drop)) for drop in MODALITIES]
+    synth = np.asarray(predict(np.concatenate(inputs))["synthesis"])
+    scalars = {}
+    for k, name in enumerate(MODALITIES):
+        ref = images[..., k][brain]
+        out = synth[k * n : (k + 1) * n, ..., k][brain]
+        scalars[f"val/psnr_{name}"] = detection.psnr(out, ref, data_range=_data_range(ref))
+    scalars["val/dice"] = float(np.mean(list(scalars.values())))
+    return scalars
+
+
+def _data_range(values: np.ndarray) -> float:
+    span = float(values.max() - values.min()) if values.size else 0.0
+    return span if span > 0 else 1.0
+
+
+def ssim_box(brain: np.ndarray) -> tuple[slice, slice]:
+    """In-plane bounding box of the brain, widened (within the volume) to SSIM's window."""
+    box = []
+    for axis, other in ((0, 1), (1, 0)):
+        idx = np.flatnonzero(brain.any(axis=(other, 2)))
+        n = brain.shape[axis]
+        lo, hi = (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, n)
+        width = max(hi - lo, min(_SSIM_WINDOW, n))
+        lo = min(max(lo - (width - (hi - lo)) // 2, 0), n - width)
+        box.append(slice(lo, lo + width))
+    return box[0], box[1]
+
+
+def sequence_scores(
+    synth: np.ndarray, ref: np.ndarray, brain: np.ndarray, box: tuple[slice, slice]
+) -> dict[str, float]:
+    """PSNR, SSIM and MAE of one synthesised volume [X, Y, Z] against the reference, inside the brain."""
+    values = ref[brain]
+    data_range = _data_range(values)
+    out = {
+        "psnr": detection.psnr(synth[brain], values, data_range),
+        "ssim": float("nan"),
+        "mae": float(np.mean(np.abs(synth[brain].astype(np.float64) - values))),
+    }
+    a, b = synth[box], ref[box]
+    if min(a.shape[:2]) >= _SSIM_WINDOW:
+        zs = np.flatnonzero(brain.any(axis=(0, 1)))
+        out["ssim"] = float(np.mean([detection.ssim(a[..., z], b[..., z], data_range) for z in zs]))
+    return out
+
+
+def _cases(config: ml_collections.ConfigDict, progress: bool) -> list[brats.CaseFiles]:
+    if config.eval.data_root:
+        cases = brats.find_cases(config.eval.data_root, available=sources.available(config))
+    else:
+        cases = sources.load_splits(config, progress)[config.eval.split]
+    return cases[: config.eval.max_cases] if config.eval.max_cases else cases
+
+
+def _rounded(prefix: str, scores: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}{k}": round(float(v), 6) for k, v in scores.items()}
+
+
+def _summaries(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]:
+    """{"patterns": {pattern: {seq: stats}}, "per_sequence": {seq: stats over every pattern missing it}}."""
+    patterns = {p: {seq: metrics.summarize(v) for seq, v in by_seq.items()} for p, by_seq in results.items()}
+    pooled: dict[str, list[dict[str, float]]] = {}
+    for by_seq in results.values():
+        for seq, values in by_seq.items():
+            pooled.setdefault(seq, []).extend(values)
+    per_sequence = {seq: metrics.summarize(pooled[seq]) for seq in MODALITIES if seq in pooled}
+    return {"patterns": patterns, "per_sequence": per_sequence}
+
+
+def evaluate_synthesis(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True
+) -> dict[str, Any]:
+    """Synthesises every missing pattern of the test cases, scores it and the baseline, writes outputs."""
+    workdir = pathlib.Path(workdir)
+    out_dir = pathlib.Path(config.eval.output_dir) if config.eval.output_dir else workdir / "eval"
+    mesh = parallel.make_mesh()
+    method = build_method(config)
+    params, step = restore_params(config, workdir, method, mesh)
+    cases = _cases(config, progress)
+    predict_fn = inference.make_predict_fn(method, mesh)
+    key = jax.random.PRNGKey(config.seed + 1000)
+    names = [pattern_name(p) for p in PATTERNS]
+    model = {n: {} for n in names}  # pattern -> seq -> per-case scores
+    baseline = {n: {} for n in names}
+    ceiling: dict[str, list[dict[str, float]]] = {m: [] for m in MODALITIES}
+    rows: list[dict[str, Any]] = []
+    seconds: list[float] = []
+    bar = tqdm(total=len(cases) * len(PATTERNS), desc="synthesising", disable=not progress)
+    for index, case in enumerate(cases):
+        volume = brats.load_case(case)
+        if not all(volume.available):
+            logging.warning("%s: skipped, not every sequence exists to score against", case.case_id)
+            bar.update(len(PATTERNS))
+            continue
+        images = np.asarray(volume.images, np.float32)
+        brain = slices.brain_mask(images)
+        z = np.flatnonzero(brain.any(axis=(0, 1)))
+        if z.size == 0:
+            raise brats.DataError(f"{volume.case_id}: every voxel of every sequence is zero")
+        geom = slices.slice_geometry(brain, config.data.image_size)
+        normed = slices.normalize(images, brain)
+        inputs = slices.to_slices(normed, geom, z)
+        box = ssim_box(brain)
+
+        def to_volume(s: np.ndarray, geom=geom, z=z, brain=brain) -> np.ndarray:
+            return slices.from_slices(s, geom, z) * brain[..., None]
+
+        roundtrip = to_volume(inputs)
+        for k, seq in enumerate(MODALITIES):
+            ceiling[seq].append(sequence_scores(roundtrip[..., k], normed[..., k], brain, box))
+        tic = time.perf_counter()
+        for p, (available, name) in enumerate(zip(PATTERNS, names, strict=True)):
+            vec = availability_vector(available)
+            given = inputs * vec
+            case_key = jax.random.fold_in(key, index * len(PATTERNS) + p)
+            out = inference.predict_slices(predict_fn, params, given, case_key, mesh, config.eval.batch_size)
+            synth = to_volume(out["synthesis"])
+            mean = to_volume(mean_of_available(given, vec))[..., 0]
+            for k, seq in enumerate(MODALITIES):
+                if vec[k]:
+                    continue
+                ours = sequence_scores(synth[..., k], normed[..., k], brain, box)
+                base = sequence_scores(mean, normed[..., k], brain, box)
+                model[name].setdefault(seq, []).append(ours)
+                baseline[name].setdefault(seq, []).append(base)
+                row = {"case_id": case.case_id, "available": ",".join(available), "sequence": seq}
+                rows.append({**row, **_rounded("", ours), **_rounded("mean_", base)})
+                if config.eval.write_predictions and index < config.eval.num_overlays and len(available) == 3:
+                    path = out_dir / "synthesis" / f"{case.case_id}_missing-{seq}_{seq}.nii.gz"
+                    brats.save_nifti(synth[..., k].astype(np.float32), volume, path)
+            bar.update(1)
+        seconds.append(time.perf_counter() - tic)
+    bar.close()
+    if not seconds:
+        raise brats.DataError("no case with all four sequences to evaluate synthesis on")
+
+    summary: dict[str, Any] = {
+        "method": config.method,
+        "task": "synthesis",
+        "checkpoint_step": step,
+        "num_cases": len(seconds),
+        "seconds_per_case": float(np.mean(seconds)),  # all 14 patterns (model and scoring)
+        **_summaries(model),
+        "baseline_mean": _summaries(baseline),
+        "resampling_ceiling": {seq: metrics.summarize(v) for seq, v in ceiling.items()},
+    }
+    _write_text_atomic(out_dir / "per_case.csv", _per_case_csv(rows))
+    _write_text_atomic(out_dir / "metrics.json", json.dumps(summary, indent=2))
+    for seq, stats in summary["per_sequence"].items():
+        logging.info("%s: PSNR %.2f dB  SSIM %.4f", seq, stats["psnr"]["mean"], stats["ssim"]["mean"])
+    return summary
