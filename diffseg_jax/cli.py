@@ -65,6 +65,11 @@ def main(mode: str) -> None:
                 from diffseg_jax.evaluate import evaluate
 
                 summary = evaluate(config.value, workdir.value)
+                if config.value.eval.get("available") == "each":
+                    from diffseg_jax.missing.tables import subsets_markdown
+
+                    print(subsets_markdown({config.value.method: summary}))
+                    return
                 for region, stats in summary["regions"].items():
                     print(
                         f"{region}: dice {stats['dice']['mean']:.4f} ± {stats['dice']['std']:.4f}"

@@ -125,7 +125,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     e.max_cases = 0  # 0 = all
     e.num_overlays = 3
     e.write_predictions = True
-    e.available = ""  # e.g. 'flair': segment with only these sequences (the others zeroed)
+    e.available = ""  # e.g. 'flair': segment with only these sequences (the others zeroed); 'each': all 15
+    e.fill_in_workdir = config_dict.placeholder(str)  # a trained M2DN: synthesise missing sequences first
+    e.fill_in_config = "configs/m2dn.py"  # its config (':smoke' etc. as --config takes it)
 
     if preset == "smoke":
         d.phantom_cases = 6

@@ -8,6 +8,7 @@ import os
 import pathlib
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,9 +22,12 @@ from diffseg_jax import inference, metrics, modalities, parallel
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.base import Method
 from diffseg_jax.methods.registry import build_method
+from diffseg_jax.missing.fill_in import FillIn, make_fill_in
 from diffseg_jax.train import TrainState, create_train_state
 
 REGIONS = ("wt", "tc", "et")
+# (volume, config with the eval.available to use, key) -> segment_volume's output
+Segmenter = Callable[[brats.CaseVolume, ml_collections.ConfigDict, jax.Array], dict[str, np.ndarray]]
 
 
 def segment_volume(
@@ -34,8 +38,12 @@ def segment_volume(
     key: jax.Array,
     mesh,
     progress: bool = False,
+    fill_in: FillIn | None = None,
 ) -> dict[str, np.ndarray]:
-    """Probabilities and uncertainty [X, Y, Z, C] on the case's own grid (0 outside the brain)."""
+    """Probabilities and uncertainty [X, Y, Z, C] on the case's own grid (0 outside the brain).
+
+    `fill_in`: the two-stage route; synthesises the zeroed sequences before segmenting.
+    """
     images = np.asarray(volume.images, np.float32)
     mask = slices.brain_mask(images)
     z = np.flatnonzero(mask.any(axis=(0, 1)))
@@ -45,6 +53,8 @@ def segment_volume(
     inputs = slices.to_slices(slices.normalize(images, mask), geom, z)
     if config.eval.get("available", ""):  # segment from a subset: the other sequences become zeros
         inputs = inputs * modalities.availability_vector(modalities.parse_available(config.eval.available))
+    if fill_in is not None:
+        inputs = fill_in(inputs, jax.random.fold_in(key, 1))
     out = inference.predict_slices(predict_fn, params, inputs, key, mesh, config.eval.batch_size, progress)
     return {
         name: slices.from_slices(out[name], geom, z) * mask[..., None] for name in ("prob", "uncertainty")
@@ -160,14 +170,23 @@ def restore_params(
 def evaluate(
     config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True
 ) -> dict[str, Any]:
-    """Segments the test split (or `eval.data_root`) and writes everything under <workdir>/eval/."""
+    """Segments the test split (or `eval.data_root`) and writes everything under <workdir>/eval/.
+
+    `eval.available='each'` evaluates all 15 non-empty subsets of the sequences instead (`evaluate_subsets`).
+    """
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(config.eval.output_dir) if config.eval.output_dir else workdir / "eval"
+    each = config.eval.get("available", "") == "each"
     try:
-        modalities.parse_available(config.eval.get("available", ""))
+        if not each:
+            modalities.parse_available(config.eval.get("available", ""))
     except ValueError as err:
         raise brats.DataError(f"eval.{err}") from None
     mesh = parallel.make_mesh()
+    try:
+        fill_in = make_fill_in(config, mesh)
+    except ValueError as err:
+        raise brats.DataError(str(err)) from None
     method = build_method(config)
     params, step = restore_params(config, workdir, method, mesh)
     if config.eval.data_root:
@@ -177,13 +196,30 @@ def evaluate(
     if config.eval.max_cases:
         cases = cases[: config.eval.max_cases]
     predict_fn = inference.make_predict_fn(method, mesh)
-    key = jax.random.PRNGKey(config.seed + 1000)
 
+    def segment(volume: brats.CaseVolume, sub_config: ml_collections.ConfigDict, key: jax.Array):
+        return segment_volume(predict_fn, params, volume, sub_config, key, mesh, fill_in=fill_in)
+
+    if each:
+        return evaluate_subsets(config, cases, segment, step, out_dir, progress)
+    return _evaluate_cases(config, cases, segment, step, out_dir, progress)
+
+
+def _evaluate_cases(
+    config: ml_collections.ConfigDict,
+    cases: list[brats.CaseFiles],
+    segment: Segmenter,
+    step: int,
+    out_dir: pathlib.Path,
+    progress: bool,
+) -> dict[str, Any]:
+    """Segments and scores every case with `config.eval` as it is; writes metrics, CSV, NIfTI, PNGs."""
+    key = jax.random.PRNGKey(config.seed + 1000)
     rows, per_region, seconds = [], {r: [] for r in REGIONS}, []
     for index, case in enumerate(tqdm(cases, desc="evaluating", disable=not progress)):
         volume = brats.load_case(case)
         tic = time.perf_counter()
-        out = segment_volume(predict_fn, params, volume, config, jax.random.fold_in(key, index), mesh)
+        out = segment(volume, config, jax.random.fold_in(key, index))
         labels = prediction_to_labels(out["prob"], volume.convention, config.data.target)
         seconds.append(time.perf_counter() - tic)
         uncertainty = out["uncertainty"].max(axis=-1).astype(np.float32)
@@ -203,6 +239,8 @@ def evaluate(
     summary = {
         "method": config.method,
         "checkpoint_step": step,
+        "available": config.eval.get("available", "") or ",".join(modalities.MODALITIES),
+        "fill_in": config.eval.get("fill_in_workdir") or None,
         "num_cases": len(cases),
         "seconds_per_case": float(np.mean(seconds)) if seconds else None,
         "regions": {r: metrics.summarize(v) for r, v in per_region.items() if v},
@@ -212,3 +250,43 @@ def evaluate(
     for region, stats in summary["regions"].items():
         logging.info("%s dice %.4f  hd95 %.2f mm", region, stats["dice"]["mean"], stats["hd95"]["mean"])
     return summary
+
+
+def evaluate_subsets(
+    config: ml_collections.ConfigDict,
+    cases: list[brats.CaseFiles],
+    segment: Segmenter,
+    step: int,
+    out_dir: pathlib.Path,
+    progress: bool,
+) -> dict[str, Any]:
+    """Every non-empty subset in turn: <out>/subsets/<t1+flair>/ (metrics, CSV) and <out>/subsets.json.
+
+    A subset whose metrics.json exists for the same checkpoint is reused (an interrupted run resumes).
+    Predictions and overlays are not written (15 x the cases); evaluate one subset for those.
+    """
+    results: dict[str, dict[str, float]] = {}
+    for subset in modalities.all_subsets():
+        name = ",".join(subset)
+        sub_dir = out_dir / "subsets" / "+".join(subset)
+        done = sub_dir / "metrics.json"
+        summary = json.loads(done.read_text()) if done.exists() else None
+        if summary is None or summary.get("checkpoint_step") != step:
+            logging.info("subset %s", name)
+            sub_config = ml_collections.ConfigDict(config.to_dict())
+            sub_config.eval.available = name
+            sub_config.eval.write_predictions = False
+            sub_config.eval.num_overlays = 0
+            summary = _evaluate_cases(sub_config, cases, segment, step, sub_dir, progress)
+        results[name] = {r: stats["dice"]["mean"] for r, stats in summary["regions"].items()}
+    regions = sorted({r for v in results.values() for r in v}, key=REGIONS.index)
+    table = {
+        "method": config.method,
+        "checkpoint_step": step,
+        "fill_in": config.eval.get("fill_in_workdir") or None,
+        "num_cases": len(cases),
+        "dice": results,
+        "mean_over_subsets": {r: float(np.mean([v[r] for v in results.values()])) for r in regions},
+    }
+    _write_text_atomic(out_dir / "subsets.json", json.dumps(table, indent=2))
+    return table

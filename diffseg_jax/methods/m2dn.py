@@ -9,6 +9,9 @@ Batches are the segmentation batches; the label is ignored. Images are z-scores 
 (`data_pipelines.slices._CLIP`), so x0 estimates are clipped to `diffusion.x0_clip` (5) while sampling.
 predict reads the pattern from the input (an all-zero channel is missing, `modalities.py`) and returns
 {"synthesis": [B,H,W,4]}: the input's channels where available, the synthesised ones where missing.
+
+`synthesis_unet` (config.method) is the deterministic baseline the issue asks M2DN to beat: the same
+network and code, the missing channels given as zeros at t = 0, one forward pass, the same MSE.
 """
 
 from __future__ import annotations
@@ -77,22 +80,15 @@ def synthesize(
 
 
 def build(config: ml_collections.ConfigDict) -> Method:
+    if config.method == "synthesis_unet":
+        return _build_regressor(config)
     d, s = config.diffusion, config.sampling
     if d.parameterization != "x0":
         raise ValueError(f"m2dn predicts x0 (diffusion.parameterization='x0'), got {d.parameterization!r}")
     if s.method not in ("ddim", "ddpm"):
         raise ValueError(f"unknown sampling.method {s.method!r}; expected 'ddpm' or 'ddim'")
     schedule = make_schedule(d.schedule, d.num_steps)
-    num_seq = len(modalities.MODALITIES)
-    model = M2DNNet(
-        **{**unet_kwargs(config), "out_channels": num_seq}, stem_features=config.model.get("stem_features", 0)
-    )
-    apply = model_apply(model, config)
-
-    def init(key, batch):
-        image = batch["image"]
-        b = image.shape[0]
-        return model.init(key, image, jnp.zeros((b,), jnp.int32), jnp.ones((b, num_seq)))["params"]
+    model, apply, init = _network(config)
 
     def loss(params, batch, key):
         avail_key, t_key, noise_key, dropout_key = jax.random.split(key, 4)
@@ -104,13 +100,7 @@ def build(config: ml_collections.ConfigDict) -> Method:
         x0_hat = apply(
             {"params": params}, m_t, t, missing.astype(jnp.float32), train=True, rngs={"dropout": dropout_key}
         )
-        sq = (x0_hat - x0) ** 2
-        per_channel = jnp.mean(sq, axis=(1, 2))  # [B, M]
-        weight = missing.astype(per_channel.dtype)
-        mse_missing = jnp.sum(per_channel * weight) / jnp.sum(weight)  # >= 1 missing per example
-        mse_available = jnp.sum(per_channel * (1 - weight)) / jnp.maximum(jnp.sum(1 - weight), 1.0)
-        total = jnp.mean(sq)
-        return total, {"mse": total, "mse_missing": mse_missing, "mse_available": mse_available}
+        return _mse_terms(x0_hat, x0, missing)
 
     def predict(params, images, key):
         missing = ~modalities.available_from_image(images)
@@ -137,3 +127,55 @@ def build(config: ml_collections.ConfigDict) -> Method:
         return {"synthesis": out}
 
     return Method("m2dn", init, loss, predict)
+
+
+def _network(config: ml_collections.ConfigDict):
+    """(model, apply, init) of the M2DN network, shared by the diffusion model and the regressor."""
+    num_seq = len(modalities.MODALITIES)
+    model = M2DNNet(
+        **{**unet_kwargs(config), "out_channels": num_seq}, stem_features=config.model.get("stem_features", 0)
+    )
+
+    def init(key, batch):
+        image = batch["image"]
+        b = image.shape[0]
+        return model.init(key, image, jnp.zeros((b,), jnp.int32), jnp.ones((b, num_seq)))["params"]
+
+    return model, model_apply(model, config), init
+
+
+def _mse_terms(x0_hat: jnp.ndarray, x0: jnp.ndarray, missing: jnp.ndarray):
+    """MSE over every channel (the loss), and its missing / available parts (what matters / the check)."""
+    sq = (x0_hat - x0) ** 2
+    per_channel = jnp.mean(sq, axis=(1, 2))  # [B, M]
+    weight = missing.astype(per_channel.dtype)
+    mse_missing = jnp.sum(per_channel * weight) / jnp.sum(weight)  # >= 1 missing per example
+    mse_available = jnp.sum(per_channel * (1 - weight)) / jnp.maximum(jnp.sum(1 - weight), 1.0)
+    total = jnp.mean(sq)
+    return total, {"mse": total, "mse_missing": mse_missing, "mse_available": mse_available}
+
+
+def _build_regressor(config: ml_collections.ConfigDict) -> Method:
+    """Deterministic U-Net regressor: zeros for the missing channels, t = 0, x0 of all sequences."""
+    _, apply, init = _network(config)
+
+    def forward(params, images, missing, train=False, rngs=None):
+        zeros_t = jnp.zeros(images.shape[:1], jnp.int32)
+        given = jnp.where(missing[:, None, None, :], 0.0, images)
+        return apply({"params": params}, given, zeros_t, missing.astype(jnp.float32), train=train, rngs=rngs)
+
+    def loss(params, batch, key):
+        avail_key, dropout_key = jax.random.split(key)
+        x0 = batch["image"]
+        missing = draw_missing(avail_key, x0.shape[0])
+        x0_hat = forward(params, x0, missing, train=True, rngs={"dropout": dropout_key})
+        return _mse_terms(x0_hat, x0, missing)
+
+    def predict(params, images, key):
+        del key
+        missing = ~modalities.available_from_image(images)
+        out = forward(params, images, missing)
+        clip = config.diffusion.get("x0_clip", 5.0)
+        return {"synthesis": jnp.where(missing[:, None, None, :], jnp.clip(out, -clip, clip), images)}
+
+    return Method("synthesis_unet", init, loss, predict)

@@ -20,6 +20,7 @@ _METHODS = {
     "mddpm": "diffseg_jax.methods.patched_ddpm",
     "uma_ddpm": "diffseg_jax.methods.patched_ddpm",
     "m2dn": "diffseg_jax.methods.m2dn",  # missing-sequence synthesis (task 'synthesis')
+    "synthesis_unet": "diffseg_jax.methods.m2dn",  # its deterministic baseline (one pass, no diffusion)
     "shaspec": "diffseg_jax.methods.shaspec",  # segmentation from any subset of the sequences
 }
 

@@ -1,0 +1,138 @@
+"""Segmentation from every subset of the sequences, four routes side by side, and M2DN's synthesis table.
+
+    python bench/missing_table.py --out=runs/missing                      # default preset (CPU demo)
+    python bench/missing_table.py --out=/tmp/m --preset=smoke             # seconds, to try it
+    python bench/missing_table.py --eval-args="--config.sampling.num_samples=1"   # cheaper sampling
+
+Routes, each evaluated on the test cases with every one of the 15 non-empty subsets (`eval.available=each`;
+missing sequences are zero channels):
+- BTSegDiff trained on all four (the upper bound on all four; given zeros for the missing);
+- BTSegDiff trained with sequence dropout (`train.sequence_dropout=0.5`);
+- M2DN -> BTSegDiff: M2DN synthesises the missing sequences, the all-four BTSegDiff segments;
+- ShaSpec.
+Synthesis table: M2DN and the deterministic U-Net regressor (`configs/synthesis_unet.py`), PSNR/SSIM per
+synthesised sequence pooled over the patterns that lack it, with the mean-of-available baseline.
+Every run goes through run_train.py / run_eval.py into <out>/<run>; finished runs and subsets are reused,
+so the script can be rerun after an interruption. `--config.*` overrides go to every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shlex
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffseg_jax.missing.tables import subsets_markdown, synthesis_markdown  # noqa: E402
+
+# run name -> (config, training overrides)
+RUNS = {
+    "btsegdiff": ("btsegdiff", []),
+    "btsegdiff_dropout": ("btsegdiff", ["--config.train.sequence_dropout=0.5"]),
+    "shaspec": ("shaspec", []),
+    "m2dn": ("m2dn", []),
+    "synthesis_unet": ("synthesis_unet", []),
+}
+# route label -> (segmenter run, synthesis run that fills in first, or None)
+ROUTES = {
+    "BTSegDiff (all four)": ("btsegdiff", None),
+    "BTSegDiff + dropout": ("btsegdiff_dropout", None),
+    "M2DN → BTSegDiff": ("btsegdiff", "m2dn"),
+    "ShaSpec": ("shaspec", None),
+}
+SYNTHESIS = {"M2DN": "m2dn", "U-Net regressor": "synthesis_unet"}
+
+
+def _run(script: str, args: list[str]) -> None:
+    cmd = [sys.executable, str(ROOT / script), *args]
+    print("+", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def config_arg(run: str, preset: str) -> str:
+    return f"--config=configs/{RUNS[run][0]}.py:{preset or 'default'}"
+
+
+def train(out: pathlib.Path, run: str, preset: str, extra: list[str]) -> pathlib.Path:
+    workdir = out / run
+    if not (workdir / "train_summary.json").exists():
+        _run("run_train.py", [config_arg(run, preset), f"--workdir={workdir}", *RUNS[run][1], *extra])
+    return workdir
+
+
+def evaluate_synthesis(out: pathlib.Path, run: str, preset: str, extra: list[str]) -> dict:
+    workdir = train(out, run, preset, extra)
+    if not (workdir / "eval" / "metrics.json").exists():
+        _run("run_eval.py", [config_arg(run, preset), f"--workdir={workdir}", *extra])
+    return json.loads((workdir / "eval" / "metrics.json").read_text())
+
+
+def evaluate_route(
+    out: pathlib.Path, segmenter: str, filler: str | None, preset: str, extra: list[str], eval_args: list[str]
+) -> dict:
+    """Runs `eval.available=each` into <segmenter>/eval_subsets[_<filler>] (it resumes finished subsets)."""
+    workdir = train(out, segmenter, preset, extra)
+    out_dir = workdir / ("eval_subsets" + (f"_{filler}" if filler else ""))
+    args = [config_arg(segmenter, preset), f"--workdir={workdir}", "--config.eval.available=each"]
+    args.append(f"--config.eval.output_dir={out_dir}")
+    if filler:
+        filler_dir = train(out, filler, preset, extra)
+        args += [
+            f"--config.eval.fill_in_workdir={filler_dir}",
+            f"--config.eval.fill_in_config=configs/{RUNS[filler][0]}.py:{preset or 'default'}",
+        ]
+    if not (out_dir / "subsets.json").exists():
+        _run("run_eval.py", [*args, *extra, *eval_args])
+    return json.loads((out_dir / "subsets.json").read_text())
+
+
+def flair_alone_line(routes: dict[str, dict]) -> str:
+    """The issue's criterion: best route's WT Dice from flair alone / all-four BTSegDiff's WT on all four."""
+    full = routes["BTSegDiff (all four)"]["dice"]["t1,t1ce,t2,flair"]["wt"]
+    best_label, best = max(((k, v["dice"]["flair"]["wt"]) for k, v in routes.items()), key=lambda kv: kv[1])
+    return (
+        f"Flair alone: best route {best_label} WT Dice {best:.3f} = {100 * best / full:.1f}% of the "
+        f"all-sequences WT Dice {full:.3f} (target: at least 80%)\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="runs/missing", help="one workdir per run under this folder")
+    parser.add_argument("--preset", default="", help="'' (default), 'smoke' or 'paper'")
+    parser.add_argument(
+        "--eval-args", default="", help="extra --config.* overrides for the subset evaluations"
+    )
+    args, extra = parser.parse_known_args(argv)
+    if any(not o.startswith("--config.") for o in extra):
+        parser.error(f"unknown arguments {extra}; only --config.* overrides are passed through")
+    out = pathlib.Path(args.out).resolve()
+    eval_args = shlex.split(args.eval_args)
+
+    synthesis = {label: evaluate_synthesis(out, run, args.preset, extra) for label, run in SYNTHESIS.items()}
+    routes = {
+        label: evaluate_route(out, seg, filler, args.preset, extra, eval_args)
+        for label, (seg, filler) in ROUTES.items()
+    }
+    text = (
+        "Segmentation from each subset (Dice in %, test cases)\n\n"
+        + subsets_markdown(routes)
+        + "\n"
+        + flair_alone_line(routes)
+        + "\nSynthesis of each missing sequence (PSNR in dB, SSIM in %; pooled over the patterns lacking it)"
+        + "\n\n"
+        + synthesis_markdown(synthesis)
+    )
+    (out / "missing.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The two-stage route to segment from a subset: a synthesis model fills in the missing sequences first.
+
+`--config.eval.fill_in_workdir=runs/m2dn` (with `eval.fill_in_config`, default configs/m2dn.py) makes
+evaluation pass every batch of slices through that trained M2DN (or synthesis_unet) before the
+segmenter sees it: the zeroed sequences come back synthesised, the available ones unchanged. The
+segmenter can then be one trained on all four sequences only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from diffseg_jax import inference
+from diffseg_jax.methods.registry import build_method
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+FillIn = Callable[[np.ndarray, jax.Array], np.ndarray]
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """'configs/m2dn.py' or 'configs/m2dn.py:smoke' (as --config takes it) -> the ConfigDict."""
+    path_text, _, preset = spec.partition(":")
+    path = pathlib.Path(path_text)
+    if not path.is_file() and (ROOT / path).is_file():
+        path = ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(f"eval.fill_in_config: no config file {path_text}")
+    spec_obj = importlib.util.spec_from_file_location(f"_fill_in_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec_obj)
+    spec_obj.loader.exec_module(module)
+    return module.get_config(preset or None)
+
+
+def make_fill_in(config: ml_collections.ConfigDict, mesh) -> FillIn | None:
+    """The synthesis step of `eval.fill_in_workdir`, or None when the route is not asked for."""
+    workdir = config.eval.get("fill_in_workdir")
+    if not workdir:
+        return None
+    from diffseg_jax.evaluate import restore_params  # evaluate imports this module lazily too
+
+    filler = load_config(config.eval.get("fill_in_config") or "configs/m2dn.py")
+    if filler.get("task") != "synthesis":
+        raise ValueError(f"eval.fill_in_config: {filler.method!r} is not a synthesis method (m2dn, ...)")
+    if filler.data.image_size != config.data.image_size:
+        raise ValueError(
+            f"eval.fill_in_config: image_size {filler.data.image_size} differs from the segmenter's "
+            f"{config.data.image_size}"
+        )
+    method = build_method(filler)
+    params, _ = restore_params(filler, pathlib.Path(workdir), method, mesh)
+    predict_fn = inference.make_predict_fn(method, mesh)
+
+    def fill(images: np.ndarray, key: jax.Array) -> np.ndarray:
+        out = inference.predict_slices(predict_fn, params, images, key, mesh, config.eval.batch_size)
+        return out["synthesis"]
+
+    return fill
