@@ -1,7 +1,7 @@
 """ShaSpec's network (Wang et al., CVPR 2023): shared + specific encoders per sequence, fused into one U-Net.
 
 Every sequence x_m [B,H,W,1] goes through one SHARED encoder (same weights for all four: the modality is
-folded into the batch) and its own SPECIFIC encoder (four weight sets, `nn.vmap` over the modality axis),
+folded into the batch) and its own SPECIFIC encoder (four modules, `specific_encoder_<k>`),
 both at `encoder_features` width (default base_features // 2, so the model stays near the U-Net's size).
 A missing sequence (all-zero channel) gets, at every level, the mean of the available sequences' shared
 features (the paper's imputation) and a zero specific feature: the paper defines no specific imputation,
@@ -93,14 +93,14 @@ class ShaSpecUNet(UNetShape):
         folded = per_mod.reshape((num_mod * b,) + per_mod.shape[2:])
         shared = SequenceEncoder(*enc_args, name="shared_encoder")(folded, train)
         shared = [s.reshape((num_mod, b) + s.shape[1:]).swapaxes(0, 1) for s in shared]  # [B,M,h,w,c]
-        specific_encoders = nn.vmap(
-            SequenceEncoder,
-            in_axes=(0, None),
-            out_axes=1,
-            variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-        )
-        specific = specific_encoders(*enc_args, name="specific_encoders")(per_mod, train)  # [B,M,h,w,c]
+        # One module per sequence, not nn.vmap over stacked weights: a vmapped conv kernel lowers to a
+        # grouped convolution that XLA's CPU backend ran 6x slower (a default-preset train step: 2.9 s
+        # against 0.49 s with four plain ones).
+        per_sequence = [
+            SequenceEncoder(*enc_args, name=f"specific_encoder_{k}")(per_mod[k], train)
+            for k in range(num_mod)
+        ]
+        specific = [jnp.stack(levels, axis=1) for levels in zip(*per_sequence, strict=True)]  # [B,M,h,w,c]
 
         keep = available.reshape((b, num_mod, 1, 1, 1))
         skips = []
