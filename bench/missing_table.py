@@ -19,6 +19,7 @@ so the script can be rerun after an interruption. `--config.*` overrides go to e
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import pathlib
 import shlex
@@ -28,7 +29,11 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffseg_jax.missing.tables import subsets_markdown, synthesis_markdown  # noqa: E402
+from diffseg_jax.missing.tables import (  # noqa: E402
+    paired_wilcoxon,
+    subsets_markdown,
+    synthesis_markdown,
+)
 
 # run name -> (config, training overrides)
 RUNS = {
@@ -95,10 +100,21 @@ def flair_alone_line(routes: dict[str, dict]) -> str:
     """The issue's criterion: best route's WT Dice from flair alone / all-four BTSegDiff's WT on all four."""
     full = routes["BTSegDiff (all four)"]["dice"]["t1,t1ce,t2,flair"]["wt"]
     best_label, best = max(((k, v["dice"]["flair"]["wt"]) for k, v in routes.items()), key=lambda kv: kv[1])
+    share = f"{100 * best / full:.1f}%" if full > 0 else "undefined (all-sequences Dice 0)"
     return (
-        f"Flair alone: best route {best_label} WT Dice {best:.3f} = {100 * best / full:.1f}% of the "
-        f"all-sequences WT Dice {full:.3f} (target: at least 80%)\n"
+        f"Flair alone: best route {best_label} WT Dice {best:.3f} = {share} of the all-sequences WT Dice "
+        f"{full:.3f} (target: at least 80%)\n"
     )
+
+
+def mean_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The mean-of-available baseline's scores, stored beside the model's in each per_case.csv row."""
+    return [{**r, "psnr": r["mean_psnr"]} for r in rows]
+
+
+def per_case_rows(out: pathlib.Path, run: str) -> list[dict[str, str]]:
+    with (out / run / "eval" / "per_case.csv").open() as f:
+        return list(csv.DictReader(f))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,6 +145,11 @@ def main(argv: list[str] | None = None) -> None:
         + "\nSynthesis of each missing sequence (PSNR in dB, SSIM in %; pooled over the patterns lacking it)"
         + "\n\n"
         + synthesis_markdown(synthesis)
+        + "\nPaired Wilcoxon, M2DN vs U-Net regressor (PSNR dB per case and pattern): "
+        + paired_wilcoxon(per_case_rows(out, "m2dn"), per_case_rows(out, "synthesis_unet"))
+        + "\nPaired Wilcoxon, M2DN vs mean of the available: "
+        + paired_wilcoxon(per_case_rows(out, "m2dn"), mean_rows(per_case_rows(out, "m2dn")))
+        + "\n"
     )
     (out / "missing.md").write_text(text)
     print(text)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from diffseg_jax.modalities import MODALITIES, all_subsets
 
 REGIONS = ("wt", "tc", "et")
@@ -50,3 +52,26 @@ def synthesis_markdown(models: dict[str, dict[str, Any]]) -> str:
             cells += [f"{stats['psnr']['mean']:.2f}", f"{100 * stats['ssim']['mean']:.1f}"]
         lines.append("| " + " | ".join([label, *cells]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paired_wilcoxon(ours: list[dict[str, str]], other: list[dict[str, str]], metric: str = "psnr") -> str:
+    """Per sequence, M2DN's paired test (as the paper reports it): Wilcoxon signed-rank on `metric` over the
+    (case, pattern) pairs two synthesis runs' per_case.csv rows share; median difference and p-value.
+    """
+    from scipy.stats import wilcoxon
+
+    def keyed(rows):
+        return {(r["case_id"], r["available"], r["sequence"]): float(r[metric]) for r in rows}
+
+    a, b = keyed(ours), keyed(other)
+    lines = []
+    for seq in MODALITIES:
+        keys = sorted(k for k in a if k in b and k[2] == seq)
+        if len(keys) < 2:
+            continue
+        diff = [a[k] - b[k] for k in keys]
+        p = wilcoxon(diff).pvalue if any(diff) else 1.0
+        lines.append(
+            f"{seq}: median {metric} difference {float(np.median(diff)):+.2f} (p = {p:.2g}, n = {len(keys)})"
+        )
+    return "; ".join(lines)
