@@ -281,6 +281,8 @@ def train_and_evaluate(
         best.save(step, state, metrics={"val_dice": scalars["val/dice"]})
         return scalars["val/dice"]
 
+    # the best checkpoint's score: Dice, or the mean PSNR of a synthesis model (stored as 'val/dice')
+    val_label = "val_psnr" if config.get("task", "") == "synthesis" else "val_dice"
     last_saved = start
     step_seconds: list[float] = []
     tic = time.perf_counter()
@@ -312,7 +314,7 @@ def train_and_evaluate(
                 latest.save(done, state)
                 last_saved = done
             if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
-                bar.set_postfix(val_dice=f"{validate(state, done):.3f}")
+                bar.set_postfix({val_label: f"{validate(state, done):.3f}"})
             if stop.requested:
                 logging.warning("stop requested: saved step %d, stopping", last_saved)
                 break
