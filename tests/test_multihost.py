@@ -18,6 +18,7 @@ from data_pipelines import sources
 from diffseg_jax import parallel
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.registry import build_method
+from diffseg_jax.runtime import DEVICE_COUNT_FLAG
 from diffseg_jax.train import create_train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +42,8 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    kept = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG)]
+    env["XLA_FLAGS"] = " ".join([*kept, f"{DEVICE_COUNT_FLAG}={devices}"])
     env.update(extra)
     return env
 
