@@ -35,7 +35,7 @@ def _config(args, **sampling):
 
 
 def volume_level(args, out: pathlib.Path, k: int) -> dict:
-    from diffseg_jax.evaluate import evaluate
+    from diffseg_jax.tasks.segmentation import evaluate
 
     target = out / f"ddim_{k}"
     if (target / "metrics.json").exists():
@@ -62,13 +62,14 @@ def slice_level(args, samplers: list[tuple[str, int]]) -> list[dict]:
 
     from data_pipelines import sources
     from diffseg_jax import inference, parallel
-    from diffseg_jax.evaluate import restore_params
+    from diffseg_jax.checkpoint import restore_params
     from diffseg_jax.methods.registry import build_method
-    from diffseg_jax.train import prepare_arrays
 
     base = _config(args)
     mesh = parallel.make_mesh()
-    test = prepare_arrays(base, sources.load_splits(base, progress=False)["test"], base.seed, progress=False)
+    test = sources.slice_arrays(
+        base, sources.load_splits(base, progress=False)["test"], base.seed, progress=False
+    )
     tumour = np.flatnonzero(test["label"][..., 0].any(axis=(1, 2)))[: args.ddpm_slices]
     images, labels = test["image"][tumour], test["label"][tumour] > 0.5
     records = []

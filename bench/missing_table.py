@@ -29,7 +29,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffseg_jax.missing.tables import (  # noqa: E402
+from diffseg_jax.tasks.tables import (  # noqa: E402
     paired_wilcoxon,
     subsets_markdown,
     synthesis_markdown,

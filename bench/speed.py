@@ -68,12 +68,13 @@ def worker_train(args) -> dict:
 
     from diffseg_jax import parallel, train
     from diffseg_jax.methods.registry import build_method
+    from diffseg_jax.train_state import create_train_state
 
     config = _config(args.method, args.preset)
     method = build_method(config)
     batch = _random_batch(config, config.train.batch_size)
     mesh = parallel.make_mesh()
-    state = train.create_train_state(config, method, {k: v[:1] for k, v in batch.items()})
+    state = create_train_state(config, method, {k: v[:1] for k, v in batch.items()})
     state = jax.device_put(state, parallel.replicated(mesh))
     step_fn = train.make_train_step(method, config, mesh)
     global_batch = parallel.global_batch(mesh, batch)
@@ -153,11 +154,10 @@ def worker_pipeline(args) -> dict:
     import numpy as np
 
     from data_pipelines import input_pipeline, sources
-    from diffseg_jax.train import prepare_arrays
 
     config = _config(args.method, args.preset)
     splits = sources.load_splits(config, progress=False)
-    arrays = prepare_arrays(config, splits["train"], config.seed, progress=False)
+    arrays = sources.slice_arrays(config, splits["train"], config.seed, progress=False)
     batches = input_pipeline.train_batches(
         arrays, global_batch_size=config.train.batch_size, seed=0, augment=config.data.augment
     )

@@ -3,7 +3,7 @@
 The default denoises back with 10 DDIM steps; `:paper` runs the full 250-step DDPM chain.
 """
 
-from diffseg_jax.anomaly.config import anomaly_config
+from diffseg_jax.config_defaults import anomaly_config
 
 
 def get_config(arg: str | None = None):

@@ -4,7 +4,7 @@ Presets: `:smoke` (tests), default (CPU demo, 64 x 64 x 32), `:paper` (96 x 96 x
 `--config.data.sequences=t1` for T1.
 """
 
-from diffseg_jax.anomaly.config import anomaly_config
+from diffseg_jax.config_defaults import anomaly_config
 
 
 def get_config(arg: str | None = None):

@@ -5,7 +5,7 @@ Variants (`:<preset>,<variant>`, e.g. `:default,unified`): `single` (one sequenc
 and `mam` (masking + MAM, no dual loss).
 """
 
-from diffseg_jax.anomaly.config import anomaly_config
+from diffseg_jax.config_defaults import anomaly_config
 
 VARIANTS = ("single", "unified", "masking", "mam")
 

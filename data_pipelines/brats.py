@@ -1,4 +1,4 @@
-"""BraTS case reader: find, validate and load cases on disk; labels <-> regions; write predictions.
+"""BraTS case reader: find, validate and load cases on disk; labels <-> regions.
 
 Three real naming schemes are understood (each case is a folder named by its case id):
 
@@ -16,14 +16,12 @@ import dataclasses
 import os
 import pathlib
 import re
-import tempfile
 import types
 import zlib
 from collections.abc import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
-import numpy.typing as npt
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
@@ -356,50 +354,3 @@ def split_cases(
         out[name] = sorted(chosen, key=lambda c: c.case_id)
         start += count
     return out
-
-
-def _storable(array: np.ndarray) -> np.ndarray:
-    """NIfTI has no bool and nibabel refuses int64 by default: pick the smallest type that fits."""
-    if array.dtype == bool:
-        return array.astype(np.uint8)
-    if array.dtype.kind in "iu" and array.dtype.itemsize == 8:
-        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
-        for dt in (np.uint8, np.int16, np.int32):
-            if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
-                return array.astype(dt)
-    return array
-
-
-def save_nifti(
-    array: np.ndarray,
-    like: CaseVolume,
-    path: str | os.PathLike[str],
-    dtype: npt.DTypeLike | None = None,
-) -> pathlib.Path:
-    """Write ``array`` on the grid of ``like`` (same affine and header), atomically.
-
-    The temporary file lives in the target folder so ``os.replace`` never leaves a half-written
-    prediction behind, even if the job is killed mid-write.
-    """
-    path = pathlib.Path(path)
-    ext = next((e for e in _EXTS if path.name.endswith(e)), None)
-    if ext is None:
-        raise DataError(f"{path}: output name must end in .nii.gz or .nii")
-    data = np.asarray(array) if dtype is None else np.asarray(array).astype(dtype)
-    data = _storable(data)
-    grid = like.images.shape[:3]
-    if data.shape[:3] != grid:
-        raise DataError(f"{path}: array shape {data.shape} does not match case grid {grid}")
-    header = like.header.copy()
-    header.set_data_dtype(data.dtype)
-    img = nib.Nifti1Image(data, like.affine, header=header)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=ext)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

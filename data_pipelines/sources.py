@@ -1,12 +1,14 @@
-"""Where the cases come from: a user's BraTS folder, or the embedded phantom dataset generated on demand."""
+"""Where the cases come from (a user's BraTS folder, or the embedded phantom dataset generated on demand),
+and the training and validation slices cut from them."""
 
 from __future__ import annotations
 
 import pathlib
 
 import ml_collections
+import numpy as np
 
-from data_pipelines import brats, phantom
+from data_pipelines import brats, input_pipeline, phantom
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -43,3 +45,49 @@ def load_splits(config: ml_collections.ConfigDict, progress: bool = True) -> dic
     """Finds and splits the labelled cases by patient (train/val/test, seeded)."""
     cases = brats.find_cases(dataset_root(config, progress), available=available(config), require_seg=True)
     return brats.split_cases(cases, tuple(config.data.split_fractions), seed=config.data.split_seed)
+
+
+def slice_arrays(
+    config: ml_collections.ConfigDict, cases: list[brats.CaseFiles], seed: int, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """The 2D examples of `cases` as the config's data fields cut them (cached under the cache dir)."""
+    d = config.data
+    return input_pipeline.build_arrays(
+        cases,
+        seed=seed,
+        cache_dir=cache_dir(config) / "slices",
+        progress=progress,
+        image_size=d.image_size,
+        target=d.target,
+        slice_range=tuple(d.slice_range) if d.slice_range else None,
+        healthy_fraction=d.healthy_fraction,
+    )
+
+
+def evenly_spaced(arrays: dict[str, np.ndarray], max_slices: int) -> dict[str, np.ndarray]:
+    """At most `max_slices` examples, evenly spaced over the arrays (a fixed, cheap validation set)."""
+    n = arrays["image"].shape[0]
+    idx = np.linspace(0, n - 1, min(n, max_slices)).round().astype(int)
+    return {k: v[idx] for k, v in arrays.items()}
+
+
+def training_slices(
+    config: ml_collections.ConfigDict, progress: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:
+    """(train slices, validation slices, one line describing them) of the labelled BraTS-layout cases."""
+    splits = load_splits(config, progress)
+    train = slice_arrays(config, splits["train"], config.seed, progress)
+    val = slice_arrays(config, splits["val"], config.seed + 1, progress)
+    val = evenly_spaced(val, config.train.val_max_slices)
+    counts = "/".join(str(len(splits[s])) for s in brats.SPLITS)
+    return train, val, f"cases train/val/test: {counts}; train slices: {len(train['image'])}"
+
+
+def evaluation_cases(config: ml_collections.ConfigDict, progress: bool = True) -> list[brats.CaseFiles]:
+    """The cases run_eval scores: `eval.data_root` (labels optional) or the `eval.split` of the data, at
+    most `eval.max_cases` of them (0 = all)."""
+    if config.eval.data_root:
+        cases = brats.find_cases(config.eval.data_root, available=available(config))
+    else:
+        cases = load_splits(config, progress)[config.eval.split]
+    return cases[: config.eval.max_cases] if config.eval.max_cases else cases

@@ -1,11 +1,22 @@
-"""A thin wrapper over orbax's CheckpointManager: save/restore a train-state pytree by step."""
+"""Checkpoints: orbax's CheckpointManager by step, and restoring a trained model's parameters.
+
+Restoring builds its target from the train state's structure (`train_state.py`), so evaluation needs no
+part of the training loop.
+"""
 
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, Literal
 
+import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+
+from diffseg_jax import parallel
+from diffseg_jax.methods.base import Method, num_outputs
+from diffseg_jax.train_state import TrainState, create_train_state
 
 
 class Checkpoints:
@@ -16,12 +27,13 @@ class Checkpoints:
         directory: str | pathlib.Path,
         max_to_keep: int | None = 2,
         best_metric: str | None = None,
+        best_mode: Literal["max", "min"] = "max",
     ):
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
             best_fn=(lambda m: m[best_metric]) if best_metric else None,
-            best_mode="max",
+            best_mode=best_mode,
             enable_async_checkpointing=False,
         )
         self.directory = pathlib.Path(directory).absolute()
@@ -46,3 +58,40 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def restore_params(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    method: Method,
+    mesh,
+    shape_source: dict[str, np.ndarray] | None = None,
+) -> tuple[Any, int]:
+    """(EMA params, step) of `eval.checkpoint`: 'best' (else the newest if none was kept) or 'latest'.
+
+    `shape_source`: a one-example batch with the training batches' shapes (default: a segmentation batch of
+    `data.image_size`, four sequences, the target's channels).
+    """
+    workdir = pathlib.Path(workdir)
+    if shape_source is None:
+        size = config.data.image_size
+        shape_source = {
+            "image": np.zeros((1, size, size, 4), np.float32),
+            "label": np.zeros((1, size, size, num_outputs(config.data.target)), np.float32),
+        }
+    target = jax.eval_shape(lambda: create_train_state(config, method, shape_source))
+    target = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), target
+    )
+    folders = ["best", "checkpoints"] if config.eval.checkpoint == "best" else ["checkpoints"]
+    for folder in folders:
+        if not (workdir / folder).is_dir():
+            continue
+        manager = Checkpoints(workdir / folder, max_to_keep=None)
+        step = manager.latest_step()
+        if step is not None:
+            state: TrainState = manager.restore(step, target)
+            manager.close()
+            return state.ema_params, step
+        manager.close()
+    raise FileNotFoundError(f"no checkpoint in {workdir} (run run_train.py with this --workdir first)")

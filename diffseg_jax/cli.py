@@ -3,6 +3,8 @@
 Before JAX starts they set the measured-fastest backend defaults (`runtime.configure`; XLA_FLAGS you
 set yourself win), join a multi-process run when the environment describes one, and turn on the
 persistent compilation cache, so a second run of the same config starts without recompiling.
+Training and evaluation are the task's (`config.task`, `diffseg_jax/tasks/`); bad input ends the run with
+one line naming what is wrong.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def main(mode: str) -> None:
     def run(argv):
         del argv
         from data_pipelines.brats import DataError
-        from diffseg_jax import parallel
+        from diffseg_jax import parallel, tasks
+        from diffseg_jax.config_defaults import ConfigError
+        from diffseg_jax.train import TrainingDiverged, train_and_evaluate
 
         try:
             parallel.maybe_initialize_distributed()
@@ -35,47 +39,14 @@ def main(mode: str) -> None:
             sys.exit(f"error: {err}")
         runtime.enable_compilation_cache()
         try:
+            task = tasks.get_task(config.value)
             if mode == "train":
-                from diffseg_jax.train import TrainingDiverged, train_and_evaluate
-
-                try:
-                    train_and_evaluate(config.value, workdir.value)
-                except TrainingDiverged as err:
-                    sys.exit(f"error: {err}")
-            elif config.value.get("task", "segmentation") == "anomaly":
-                from diffseg_jax.anomaly.evaluate import evaluate
-
-                summary = evaluate(config.value, workdir.value)
-                for name, stats in summary["sequences"].items():
-                    print(
-                        f"{name}: DSC {stats['dsc']['mean']:.4f}  AUPRC {stats['auprc']['mean']:.4f}"
-                        f"  SSIM {stats['ssim']['mean']:.4f}  PSNR {stats['psnr']['mean']:.2f} dB"
-                    )
-            elif config.value.get("task", "segmentation") == "synthesis":
-                from diffseg_jax.missing.synthesis import evaluate_synthesis
-
-                summary = evaluate_synthesis(config.value, workdir.value)
-                for name, stats in summary["per_sequence"].items():
-                    base = summary["baseline_mean"]["per_sequence"][name]["psnr"]["mean"]
-                    print(
-                        f"{name}: PSNR {stats['psnr']['mean']:.2f} dB  SSIM {stats['ssim']['mean']:.4f}"
-                        f"  MAE {stats['mae']['mean']:.4f}  (mean of available: PSNR {base:.2f} dB)"
-                    )
-            else:
-                from diffseg_jax.evaluate import evaluate
-
-                summary = evaluate(config.value, workdir.value)
-                if config.value.eval.get("available") == "each":
-                    from diffseg_jax.missing.tables import subsets_markdown
-
-                    print(subsets_markdown({config.value.method: summary}))
-                    return
-                for region, stats in summary["regions"].items():
-                    print(
-                        f"{region}: dice {stats['dice']['mean']:.4f} ± {stats['dice']['std']:.4f}"
-                        f"  hd95 {stats['hd95']['mean']:.2f} mm"
-                    )
-        except (DataError, FileNotFoundError) as err:
+                train_and_evaluate(config.value, workdir.value)
+                return
+            summary = task.evaluate(config.value, workdir.value, True)
+            for line in task.summary_lines(config.value, summary):
+                print(line)
+        except (ConfigError, DataError, FileNotFoundError, TrainingDiverged) as err:
             sys.exit(f"error: {err}")
 
     def parse_flags(argv):

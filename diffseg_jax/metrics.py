@@ -1,4 +1,6 @@
-"""Segmentation metrics for binary masks (Dice, IoU, HD95, sensitivity, specificity).
+"""Every score the project reports, exact, in numpy: overlap and distance of binary masks (Dice, IoU,
+HD95, sensitivity, specificity), detection (best-Dice threshold, AUPRC) and image similarity (PSNR, SSIM,
+MAE).
 
 Plain numpy + scipy.ndimage so evaluation never depends on JAX device state. The surface and
 HD95 definitions follow the official BraTS evaluation (medpy): connectivity-1 surfaces and the
@@ -22,7 +24,20 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["dice", "hd95", "iou", "region_metrics", "sensitivity", "specificity", "summarize"]
+__all__ = [
+    "auprc",
+    "best_threshold",
+    "dice",
+    "hd95",
+    "iou",
+    "mae",
+    "psnr",
+    "region_metrics",
+    "sensitivity",
+    "specificity",
+    "ssim",
+    "summarize",
+]
 
 
 def _as_masks(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,3 +174,106 @@ def summarize(per_case: list[dict[str, float]]) -> dict[str, dict[str, float]]:
                 "median": float(np.nanmedian(vals)),
             }
     return out
+
+
+def _ranked(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Distinct thresholds (descending) with the TP and FP counts of predicting `scores >= threshold`.
+
+    Equal scores form one group: a threshold cannot separate them, so counts are only read at the end of
+    each group of ties.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels must have the same size, got {s.size} vs {y.size}")
+    if y.dtype != bool and not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be boolean or contain only 0/1 values")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or Inf")
+    y = y.astype(bool)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    group_end = np.append(s[1:] != s[:-1], True)
+    tp = np.cumsum(y, dtype=np.int64)[group_end]
+    fp = np.cumsum(~y, dtype=np.int64)[group_end]
+    return s[group_end], tp, fp, int(y.sum())
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(threshold, Dice) maximising Dice of `scores >= threshold` over the pooled voxels, exactly.
+
+    Every distinct score is tried (the optimum is always one of them). Among equal Dice the highest
+    threshold wins. With no positive voxel the best is to predict nothing: (inf, 1.0).
+    """
+    thresholds, tp, fp, positives = _ranked(scores, labels)
+    if positives == 0:
+        return float("inf"), 1.0
+    dsc = 2.0 * tp / (tp + fp + positives)
+    best = int(np.argmax(dsc))
+    return float(thresholds[best]), float(dsc[best])
+
+
+def auprc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision, sum_n (R_n - R_{n-1}) P_n over distinct thresholds (as sklearn); NaN if no positive.
+
+    No interpolation between operating points (the trapezoid over-estimates on PR curves).
+    """
+    _, tp, fp, positives = _ranked(scores, labels)
+    if positives == 0:
+        return float("nan")
+    precision = tp / (tp + fp)
+    recall = tp / positives
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def psnr(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
+    """10 log10(data_range^2 / MSE) in dB; inf for identical images."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {x.shape} vs {y.shape}")
+    mse = float(np.mean((x - y) ** 2))
+    return float("inf") if mse == 0.0 else float(10.0 * np.log10(data_range**2 / mse))
+
+
+def ssim(
+    x: np.ndarray,
+    y: np.ndarray,
+    data_range: float,
+    sigma: float = 1.5,
+    truncate: float = 3.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> float:
+    """Mean SSIM of a 2D image or 3D volume with a Gaussian window (Wang et al. 2004).
+
+    Equals skimage's `structural_similarity(x, y, data_range=..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)`: local statistics by a reflect-padded Gaussian filter (window
+    2*int(truncate*sigma + 0.5) + 1 = 11), and the mean over the map with a half-window cropped from every
+    border, so padded pixels do not count. Computed in float64.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {x.shape} vs {y.shape}")
+    if data_range <= 0:
+        raise ValueError(f"data_range must be positive, got {data_range}")
+    pad = int(truncate * sigma + 0.5)
+    if min(x.shape) < 2 * pad + 1:
+        raise ValueError(f"every side must be >= the window ({2 * pad + 1}), got shape {x.shape}")
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(a, sigma, mode="reflect", truncate=truncate)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    smap = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    inner = tuple(slice(pad, n - pad) for n in smap.shape)
+    return float(smap[inner].mean())
+
+
+def mae(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean absolute error, in float64."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {x.shape} vs {y.shape}")
+    return float(np.mean(np.abs(x - y)))

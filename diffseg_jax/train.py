@@ -1,4 +1,8 @@
-"""Training: the train state, one sharded jitted step, and the loop with checkpoints and validation."""
+"""Training: one sharded jitted step, and the one loop for every task, with checkpoints and validation.
+
+What differs between tasks (data, validation scores, the score that picks the best checkpoint) comes from
+the task `config.task` names (`diffseg_jax/tasks/`); this loop has no branch on it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,7 @@ import json
 import pathlib
 import signal
 import time
-from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,70 +21,16 @@ from absl import logging
 from clu import metric_writers
 from tqdm.auto import tqdm
 
-from data_pipelines import input_pipeline, sources
-from diffseg_jax import inference, modalities, parallel
+from data_pipelines import input_pipeline
+from diffseg_jax import inference, modalities, parallel, tasks
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.base import Method
 from diffseg_jax.methods.registry import build_method
+from diffseg_jax.train_state import TrainState, create_train_state, ema_decay
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/Inf; the last good checkpoint is left as it was."""
-
-
-class TrainState(flax.struct.PyTreeNode):
-    step: jnp.ndarray
-    params: Any
-    ema_params: Any
-    opt_state: Any
-    rng: jnp.ndarray
-    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup to train.learning_rate, then cosine decay to 5% of it at train.steps."""
-    t = config.train
-    warmup = min(t.warmup_steps, max(t.steps - 1, 1))
-    return optax.warmup_cosine_decay_schedule(
-        0.0, t.learning_rate, warmup, max(t.steps, 2), end_value=0.05 * t.learning_rate
-    )
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW (or SGD) with linear warmup and cosine decay, gradients clipped by global norm."""
-    t = config.train
-    lr = learning_rate_schedule(config)
-    if t.optimizer == "adamw":
-        base = optax.adamw(lr, b1=t.adam_b1, b2=t.adam_b2, weight_decay=t.weight_decay)
-    elif t.optimizer == "sgd":  # ShaSpec's recipe: SGD with Nesterov momentum
-        base = optax.chain(
-            optax.add_decayed_weights(t.weight_decay), optax.sgd(lr, t.momentum, nesterov=True)
-        )
-    else:
-        raise ValueError(f"unknown train.optimizer {t.optimizer!r}; expected 'adamw' or 'sgd'")
-    return optax.chain(optax.clip_by_global_norm(t.grad_clip), base)
-
-
-def create_train_state(
-    config: ml_collections.ConfigDict, method: Method, sample_batch: dict[str, np.ndarray]
-) -> TrainState:
-    init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = method.init(init_key, {k: jnp.asarray(v) for k, v in sample_batch.items()})
-    tx = make_optimizer(config)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        ema_params=jax.tree.map(jnp.copy, params),  # distinct buffers: both are donated
-        opt_state=tx.init(params),
-        rng=state_key,
-        tx=tx,
-    )
-
-
-def ema_decay(step: jnp.ndarray, max_decay: float) -> jnp.ndarray:
-    """Warmed-up EMA decay min(max_decay, (1 + step) / (10 + step)): early params are not frozen in."""
-    step = step.astype(jnp.float32)
-    return jnp.minimum(max_decay, (1.0 + step) / (10.0 + step))
 
 
 def train_step(
@@ -128,21 +76,6 @@ def make_train_step(method: Method, config: ml_collections.ConfigDict, mesh):
     )
 
 
-def slice_dice(prob: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Dice per channel pooled over all given slices (a cheap validation signal)."""
-    pred = prob > 0.5
-    ref = label > 0.5
-    inter = np.sum(pred & ref, axis=(0, 1, 2))
-    total = np.sum(pred, axis=(0, 1, 2)) + np.sum(ref, axis=(0, 1, 2))
-    return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
-
-
-def _validation_subset(arrays: dict[str, np.ndarray], max_slices: int) -> dict[str, np.ndarray]:
-    n = arrays["image"].shape[0]
-    idx = np.linspace(0, n - 1, min(n, max_slices)).round().astype(int)
-    return {k: v[idx] for k, v in arrays.items()}
-
-
 class _StopRequest:
     """Turns SIGTERM into a flag checked between steps, so a preempted run saves and exits."""
 
@@ -165,66 +98,6 @@ class _StopRequest:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _data_kwargs(config):
-    d = config.data
-    return dict(
-        image_size=d.image_size,
-        target=d.target,
-        slice_range=tuple(d.slice_range) if d.slice_range else None,
-        healthy_fraction=d.healthy_fraction,
-    )
-
-
-def prepare_arrays(config, cases, seed: int, progress: bool) -> dict[str, np.ndarray]:
-    return input_pipeline.build_arrays(
-        cases,
-        seed=seed,
-        cache_dir=sources.cache_dir(config) / "slices",
-        progress=progress,
-        **_data_kwargs(config),
-    )
-
-
-def segmentation_scores(predict, val_arrays: dict[str, np.ndarray]) -> dict[str, float]:
-    """Validation Dice per channel pooled over the validation slices, and their mean ('val/dice')."""
-    dice = slice_dice(predict(val_arrays["image"])["prob"], val_arrays["label"])
-    scalars = {f"val/dice_{i}": float(v) for i, v in enumerate(dice)}
-    scalars["val/dice"] = float(np.mean(dice))
-    return scalars
-
-
-def prepare_task(config, progress: bool):
-    """(train arrays, validation arrays, scores(predict, val) -> scalars) of `config.task`."""
-    t = config.train
-    if config.get("task", "segmentation") == "anomaly":
-        from diffseg_jax.anomaly import task
-
-        train_arrays, val_arrays, counts = task.prepare_training(config, progress)
-        logging.info("volumes per split: %s; train slices: %d", counts, len(train_arrays["image"]))
-
-        def scores(predict, val):
-            return task.validation_scores(lambda images: predict(images)["reconstruction"], val, config)
-
-        return train_arrays, val_arrays, scores
-    splits = sources.load_splits(config, progress)
-    train_arrays = prepare_arrays(config, splits["train"], config.seed, progress)
-    val_arrays = _validation_subset(
-        prepare_arrays(config, splits["val"], config.seed + 1, progress), t.val_max_slices
-    )
-    logging.info(
-        "cases train/val/test: %d/%d/%d; train slices: %d",
-        len(splits["train"]),
-        len(splits["val"]),
-        len(splits["test"]),
-        len(train_arrays["image"]),
-    )
-    if config.get("task", "segmentation") == "synthesis":  # M2DN: same slices, labels unused
-        from diffseg_jax.missing import synthesis
-
-        return train_arrays, val_arrays, synthesis.validation_scores
-    return train_arrays, val_arrays, segmentation_scores
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
@@ -243,15 +116,20 @@ def train_and_evaluate(
         stop_after = t.get("stop_after", 0) or None
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(t.batch_size, mesh)
+    task = tasks.get_task(config)
     method = build_method(config)
 
-    train_arrays, val_arrays, validation_scores = prepare_task(config, progress)
+    data = task.prepare_training(config, progress)
+    logging.info("%s", data.description)
+    train_arrays = data.train
 
     sample = {k: train_arrays[k][:1] for k in ("image", "label")}
     state = create_train_state(config, method, sample)
     state = jax.device_put(state, parallel.replicated(mesh))
     latest = Checkpoints(workdir / "checkpoints", max_to_keep=t.keep_checkpoints)
-    best = Checkpoints(workdir / "best", max_to_keep=1, best_metric="val_dice")
+    best = Checkpoints(
+        workdir / "best", max_to_keep=1, best_metric=task.selection_label, best_mode=task.selection_mode
+    )
     if latest.latest_step() is not None:
         state = latest.restore(latest.latest_step(), state)
         logging.info("resumed from step %d", int(state.step))
@@ -276,13 +154,11 @@ def train_and_evaluate(
             bs = config.eval.batch_size
             return inference.predict_slices(predict_fn, state.ema_params, images, key, mesh, bs)
 
-        scalars = validation_scores(predict, val_arrays)
+        scalars = task.validation_scores(predict, data.val, config)
         writer.write_scalars(step, scalars)
-        best.save(step, state, metrics={"val_dice": scalars["val/dice"]})
-        return scalars["val/dice"]
+        best.save(step, state, metrics={task.selection_label: scalars[task.selection]})
+        return scalars[task.selection]
 
-    # the best checkpoint's score: Dice, or the mean PSNR of a synthesis model (stored as 'val/dice')
-    val_label = "val_psnr" if config.get("task", "") == "synthesis" else "val_dice"
     last_saved = start
     step_seconds: list[float] = []
     tic = time.perf_counter()
@@ -314,7 +190,7 @@ def train_and_evaluate(
                 latest.save(done, state)
                 last_saved = done
             if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
-                bar.set_postfix({val_label: f"{validate(state, done):.3f}"})
+                bar.set_postfix({task.selection_label: f"{validate(state, done):.3f}"})
             if stop.requested:
                 logging.warning("stop requested: saved step %d, stopping", last_saved)
                 break

@@ -7,8 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffseg_jax.anomaly import detection, masking, simplex, ssm
+from diffseg_jax import metrics
+from diffseg_jax.diffusion import masks as masking
+from diffseg_jax.diffusion import simplex
 from diffseg_jax.metrics import dice
+from diffseg_jax.models import ssm
+from diffseg_jax.tasks import anomaly_maps
 
 # ---------------------------------------------------------------------------------------------- simplex
 
@@ -274,12 +278,12 @@ def test_mamba_block_jit_shapes_gradients_and_causality():
 
 def test_best_threshold_toy_and_ties():
     # >= 0.8: TP1 FP0 -> 2/3; >= 0.4: TP1 FP1 -> 1/2; >= 0.35: TP2 FP1 -> 4/5; >= 0.1: TP2 FP2 -> 2/3.
-    thr, dsc = detection.best_threshold(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    thr, dsc = metrics.best_threshold(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
     assert thr == 0.35 and dsc == pytest.approx(0.8)
     # The two 0.5s cannot be split: >= 0.9 -> 2/3, >= 0.5 -> TP2 FP1 -> 4/5 (never 1.0).
-    thr, dsc = detection.best_threshold(np.array([0.5, 0.5, 0.9]), np.array([1, 0, 1]))
+    thr, dsc = metrics.best_threshold(np.array([0.5, 0.5, 0.9]), np.array([1, 0, 1]))
     assert thr == 0.5 and dsc == pytest.approx(0.8)
-    assert detection.best_threshold(np.array([0.2, 0.7]), np.array([0, 0])) == (float("inf"), 1.0)
+    assert metrics.best_threshold(np.array([0.2, 0.7]), np.array([0, 0])) == (float("inf"), 1.0)
 
 
 def test_best_threshold_equals_brute_force_with_ties():
@@ -288,7 +292,7 @@ def test_best_threshold_equals_brute_force_with_ties():
         labels = rng.random((6, 7, 5)) < 0.2
         scores = np.round(rng.random(labels.shape) + 0.6 * labels, 1)  # one decimal: many ties
         brute = max(dice(scores >= t, labels) for t in np.unique(scores))
-        thr, dsc = detection.best_threshold(scores, labels)
+        thr, dsc = metrics.best_threshold(scores, labels)
         assert dsc == pytest.approx(brute)
         assert dice(scores >= thr, labels) == pytest.approx(dsc)
 
@@ -301,11 +305,11 @@ def test_auprc_by_hand():
     # AP = 1/3 * 1 + 1/3 * 2/3 + 0 * 1/2 + 1/3 * 3/5 = 1/3 + 2/9 + 1/5 = 34/45 = 0.7556
     scores = np.array([0.9, 0.8, 0.8, 0.6, 0.3])
     labels = np.array([1, 0, 1, 0, 1])
-    assert detection.auprc(scores, labels) == pytest.approx(34 / 45)
-    assert detection.auprc(scores[[0, 2, 1, 3, 4]], labels[[0, 2, 1, 3, 4]]) == pytest.approx(
+    assert metrics.auprc(scores, labels) == pytest.approx(34 / 45)
+    assert metrics.auprc(scores[[0, 2, 1, 3, 4]], labels[[0, 2, 1, 3, 4]]) == pytest.approx(
         34 / 45
     )  # tie order
-    assert np.isnan(detection.auprc(scores, np.zeros(5)))
+    assert np.isnan(metrics.auprc(scores, np.zeros(5)))
 
 
 def _brute_force_ap(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -324,7 +328,7 @@ def test_auprc_equals_brute_force_and_sklearn_with_ties():
     for _ in range(5):
         labels = rng.random(300) < 0.3
         scores = np.round(rng.random(300) + 0.5 * labels, 1)
-        got = detection.auprc(scores, labels)
+        got = metrics.auprc(scores, labels)
         assert got == pytest.approx(_brute_force_ap(scores, labels))
         try:
             from sklearn.metrics import average_precision_score
@@ -341,12 +345,12 @@ def test_remove_small_components_3d():
     vol[14:17, 14:17, 14:17] = True  # 27 voxels: kept
     for i in range(8):  # 8 voxels touching only at corners: separate with faces, one blob with all
         vol[2 + i, 12 + i, 3 + i] = True
-    out = detection.remove_small_components(vol, max_size=7)
+    out = anomaly_maps.remove_small_components(vol, max_size=7)
     want = np.zeros_like(vol)
     want[10, 2:10, 10] = True
     want[14:17, 14:17, 14:17] = True
     np.testing.assert_array_equal(out, want)
-    out26 = detection.remove_small_components(vol, max_size=7, connectivity=3)
+    out26 = anomaly_maps.remove_small_components(vol, max_size=7, connectivity=3)
     assert out26.sum() == 8 + 27 + 8 and not out26[5, 5, 2]
 
 
@@ -355,44 +359,44 @@ def test_anomaly_map_masks_with_eroded_brain():
     x_hat = x - 0.2
     brain = np.zeros_like(x, dtype=bool)
     brain[1:6, 1:6, 1:6] = True
-    amap = detection.anomaly_map(x, x_hat, brain)
+    amap = anomaly_maps.anomaly_map(x, x_hat, brain)
     inner = np.zeros_like(brain)
     inner[2:5, 2:5, 2:5] = True  # one face-connected erosion of the 5^3 cube
     np.testing.assert_allclose(amap[inner], 0.2)
     np.testing.assert_array_equal(amap[~inner], 0.0)
-    np.testing.assert_allclose(detection.anomaly_map(x, x_hat, squared=True), 0.04)
-    assert (detection.anomaly_map(x, x_hat, brain, erosion_iterations=0) > 0).sum() == 125
+    np.testing.assert_allclose(anomaly_maps.anomaly_map(x, x_hat, squared=True), 0.04)
+    assert (anomaly_maps.anomaly_map(x, x_hat, brain, erosion_iterations=0) > 0).sum() == 125
 
 
 def test_median_filter_removes_spikes_keeps_blocks():
     vol = np.zeros((12, 12, 12))
     vol[3, 3, 3] = 1.0  # isolated spike
     vol[6:12, 6:12, 6:12] = 2.0  # large block in a corner
-    out = detection.median_filter_3d(vol, size=5)
+    out = anomaly_maps.median_filter_3d(vol, size=5)
     assert out[3, 3, 3] == 0.0
     assert out[9, 9, 9] == 2.0
     with pytest.raises(ValueError):
-        detection.median_filter_3d(vol[0])
+        anomaly_maps.median_filter_3d(vol[0])
 
 
 def test_binary_scores_and_psnr():
     pred = np.array([1, 1, 0, 0, 0], bool)
     ref = np.array([1, 0, 1, 0, 0], bool)
-    s = detection.binary_scores(pred, ref)
+    s = anomaly_maps.binary_scores(pred, ref)
     assert s == pytest.approx({"dsc": 0.5, "tpr": 0.5, "tnr": 2 / 3})
-    assert detection.psnr(np.zeros((4, 4)), np.full((4, 4), 0.1), 1.0) == pytest.approx(20.0)
-    assert detection.psnr(np.ones(3), np.ones(3), 1.0) == float("inf")
+    assert metrics.psnr(np.zeros((4, 4)), np.full((4, 4), 0.1), 1.0) == pytest.approx(20.0)
+    assert metrics.psnr(np.ones(3), np.ones(3), 1.0) == float("inf")
 
 
 def test_ssim_constant_images_and_identity():
     # Constant images: no variance, so SSIM = luminance term (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01)^2.
     a, b, c1 = 0.2, 0.6, 1e-4
-    got = detection.ssim(np.full((16, 16), a), np.full((16, 16), b), data_range=1.0)
+    got = metrics.ssim(np.full((16, 16), a), np.full((16, 16), b), data_range=1.0)
     assert got == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1))
     x = np.random.default_rng(0).random((12, 13, 14))
-    assert detection.ssim(x, x, data_range=1.0) == pytest.approx(1.0)
+    assert metrics.ssim(x, x, data_range=1.0) == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        detection.ssim(np.zeros((8, 20)), np.zeros((8, 20)), 1.0)  # smaller than the 11-pixel window
+        metrics.ssim(np.zeros((8, 20)), np.zeros((8, 20)), 1.0)  # smaller than the 11-pixel window
 
 
 def test_ssim_equals_explicit_gaussian_windows():
@@ -412,5 +416,5 @@ def test_ssim_equals_explicit_gaussian_windows():
             vx, vy = (w * px * px).sum() - mx**2, (w * py * py).sum() - my**2
             cxy = (w * px * py).sum() - mx * my
             vals.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
-    assert detection.ssim(x, y, data_range=1.0) == pytest.approx(np.mean(vals), rel=1e-10)
-    assert detection.ssim(x, y, data_range=1.0) < 0.9
+    assert metrics.ssim(x, y, data_range=1.0) == pytest.approx(np.mean(vals), rel=1e-10)
+    assert metrics.ssim(x, y, data_range=1.0) < 0.9

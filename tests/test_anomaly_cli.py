@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from diffseg_jax.anomaly.evaluate import evaluate
+from diffseg_jax.tasks.anomaly import evaluate
 from diffseg_jax.train import train_and_evaluate
 
 

@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffseg_jax.anomaly import task
 from diffseg_jax.diffusion import samplers
 from diffseg_jax.diffusion.schedules import make_schedule
 from diffseg_jax.methods import patched_ddpm, reconstruction
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.models.anomaly import ModalityAwarePrompting, ReconstructionUNet
+from diffseg_jax.tasks import anomaly as task
 
 CONFIGS = ("anomaly_dae", "anomaly_anoddpm", "anomaly_pddpm", "anomaly_mddpm", "anomaly_uma_ddpm")
 

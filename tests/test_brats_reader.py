@@ -18,9 +18,9 @@ from data_pipelines.brats import (
     labels_to_regions,
     load_case,
     regions_to_labels,
-    save_nifti,
     split_cases,
 )
+from diffseg_jax.outputs import save_nifti
 
 SHAPE = (8, 8, 6)
 AFFINE = np.array([[-1.0, 0, 0, 7], [0, -1.0, 0, 7], [0, 0, 1.0, 0], [0, 0, 0, 1]])

@@ -11,8 +11,8 @@ from diffseg_jax.diffusion.schedules import make_schedule
 from diffseg_jax.methods import m2dn
 from diffseg_jax.methods.base import unet_kwargs
 from diffseg_jax.methods.registry import build_method
-from diffseg_jax.missing import synthesis
 from diffseg_jax.models.m2dn import M2DNNet
+from diffseg_jax.tasks import synthesis
 
 SIZE = 16
 
@@ -139,6 +139,6 @@ def test_validation_scores_report_psnr_per_sequence():
     def perfect(inputs):  # a synthesiser that knows the answer, tiled over the four drop patterns
         return {"synthesis": np.concatenate([images] * 4)[: len(inputs)]}
 
-    scores = synthesis.validation_scores(perfect, {"image": images})
-    assert set(scores) == {"val/dice"} | {f"val/psnr_{m}" for m in ("t1", "t1ce", "t2", "flair")}
-    assert np.isinf(scores["val/dice"])
+    scores = synthesis.validation_scores(perfect, {"image": images}, None)
+    assert set(scores) == {"val/psnr"} | {f"val/psnr_{m}" for m in ("t1", "t1ce", "t2", "flair")}
+    assert np.isinf(scores["val/psnr"])

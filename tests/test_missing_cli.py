@@ -15,10 +15,10 @@ import pytest
 
 from configs import btsegdiff, m2dn, shaspec, synthesis_unet
 from data_pipelines.brats import DataError
-from diffseg_jax import evaluate, parallel
-from diffseg_jax.missing import synthesis
-from diffseg_jax.missing.fill_in import make_fill_in
+from diffseg_jax import parallel
 from diffseg_jax.modalities import MODALITIES, all_subsets
+from diffseg_jax.tasks import segmentation, synthesis
+from diffseg_jax.tasks.fill_in import make_fill_in
 from diffseg_jax.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_regressor_baseline_trains_and_evaluates(tmp_path):
     config = synthesis_unet.get_config("smoke")
     assert config.method == "synthesis_unet" and config.task == "synthesis"
     train_and_evaluate(config, tmp_path, progress=False)
-    summary = synthesis.evaluate_synthesis(config, tmp_path, progress=False)
+    summary = synthesis.evaluate(config, tmp_path, progress=False)
     assert summary["method"] == "synthesis_unet" and len(summary["patterns"]) == 14
     assert all(math.isfinite(s["psnr"]["mean"]) for s in summary["per_sequence"].values())
 
@@ -118,18 +118,18 @@ def test_fill_in_must_be_a_synthesis_model(dropout_run):
     config.eval.fill_in_workdir = str(workdir)
     config.eval.fill_in_config = "configs/btsegdiff.py:smoke"
     with pytest.raises(DataError, match="not a synthesis method"):
-        evaluate.evaluate(config, workdir, progress=False)
+        segmentation.evaluate(config, workdir, progress=False)
     config.eval.fill_in_workdir = None
     config.eval.available = "flair,pd"
     with pytest.raises(DataError, match="eval.available"):
-        evaluate.evaluate(config, workdir, progress=False)
+        segmentation.evaluate(config, workdir, progress=False)
 
 
 def test_shaspec_segments_from_flair_alone(tmp_path):
     config = shaspec.get_config("smoke")
     train_and_evaluate(config, tmp_path, progress=False)
     config.eval.available = "flair"
-    summary = evaluate.evaluate(config, tmp_path, progress=False)
+    summary = segmentation.evaluate(config, tmp_path, progress=False)
     assert summary["available"] == "flair" and summary["num_cases"] >= 1
     assert all(0.0 <= summary["regions"][r]["dice"]["mean"] <= 1.0 for r in ("wt", "tc", "et"))
 

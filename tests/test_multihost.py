@@ -19,7 +19,7 @@ from diffseg_jax import parallel
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.runtime import DEVICE_COUNT_FLAG
-from diffseg_jax.train import create_train_state
+from diffseg_jax.train_state import create_train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 4

@@ -12,13 +12,8 @@ from configs import unet_baseline as unet_config
 from diffseg_jax import parallel
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.registry import build_method
-from diffseg_jax.train import (
-    TrainingDiverged,
-    create_train_state,
-    learning_rate_schedule,
-    make_train_step,
-    train_and_evaluate,
-)
+from diffseg_jax.train import TrainingDiverged, make_train_step, train_and_evaluate
+from diffseg_jax.train_state import create_train_state, learning_rate_schedule
 
 
 def _tiny_batch(size=16, batch=4, seed=0):

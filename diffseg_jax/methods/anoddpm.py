@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from diffseg_jax.anomaly.simplex import simplex_noise
 from diffseg_jax.diffusion import process, samplers
 from diffseg_jax.diffusion.schedules import make_schedule
+from diffseg_jax.diffusion.simplex import simplex_noise
 from diffseg_jax.methods.base import Method, model_apply
 from diffseg_jax.methods.reconstruction import init_inputs, reconstruction_unet, to_signed, to_unit
 

@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from diffseg_jax.anomaly import masking
-from diffseg_jax.diffusion import process
+from diffseg_jax.diffusion import masks, process
 from diffseg_jax.diffusion.schedules import make_schedule
 from diffseg_jax.methods.base import Method, model_apply
 from diffseg_jax.methods.reconstruction import (
@@ -45,10 +44,10 @@ def corrupt(config: ml_collections.ConfigDict, key: jax.Array, images: jnp.ndarr
     if a.corruption == "none":
         return images, jnp.zeros_like(whole)
     if a.corruption == "mddpm":
-        box = masking.mddpm_box_corruption(key, images, half_width_range=tuple(a.mddpm_half_width_range))
+        box = masks.mddpm_box_corruption(key, images, half_width_range=tuple(a.mddpm_half_width_range))
         return box.image, box.mask
     mask_key, view_key = jax.random.split(key)
-    masked = masking.uma_masking(
+    masked = masks.uma_masking(
         mask_key, images, half_width=a.uma_half_width, patch=a.uma_patch, ratio=a.uma_ratio
     )
     use = jax.random.bernoulli(view_key, 0.5, images.shape[:1])[:, None, None, None]
@@ -74,7 +73,7 @@ def build(config: ml_collections.ConfigDict) -> Method:
         corrupted, region = corrupt(config, corrupt_key, images)
         x_in = to_signed(corrupted)
         t = process.sample_timesteps(t_key, b, d.num_steps)
-        patch = masking.random_patch_mask(patch_key, b, h, w, a.patch_size, a.patch_stride)
+        patch = masks.random_patch_mask(patch_key, b, h, w, a.patch_size, a.patch_stride)
         x_t = process.q_sample(schedule, x_in, t, jax.random.normal(noise_key, x0.shape))
         x_in = jnp.where(patch, x_t, x_in)
         x0_hat = apply({"params": params}, x_in, t, train=True, rngs={"dropout": dropout_key})

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from diffseg_jax.anomaly import masking
+from diffseg_jax.diffusion.masks import patch_masks
 from diffseg_jax.methods.base import unet_kwargs
 from diffseg_jax.models.anomaly import ReconstructionUNet
 
@@ -69,7 +69,7 @@ def patchwise_reconstruct(
     `noised(x, noise)` returns the fully noised image at the test step; x0_fn(x_in, patch_mask) the network's
     x0. Overlapping patches (stride < patch) are averaged.
     """
-    masks = jnp.asarray(masking.patch_masks(x.shape[1], x.shape[2], patch, stride))[:, None, :, :, None]
+    masks = jnp.asarray(patch_masks(x.shape[1], x.shape[2], patch, stride))[:, None, :, :, None]
     x_noisy = noised(x, noise)
 
     def one(mask):

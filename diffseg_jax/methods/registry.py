@@ -6,6 +6,7 @@ import importlib
 
 import ml_collections
 
+from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.methods.base import Method
 
 _METHODS = {
@@ -32,5 +33,5 @@ def available_methods() -> tuple[str, ...]:
 def build_method(config: ml_collections.ConfigDict) -> Method:
     name = config.method
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
     return importlib.import_module(_METHODS[name]).build(config)

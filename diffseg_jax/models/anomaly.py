@@ -15,8 +15,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffseg_jax.anomaly.ssm import MambaBlock
 from diffseg_jax.models.layers import Downsample, TimeEmbedding, res_block_type
+from diffseg_jax.models.ssm import MambaBlock
 from diffseg_jax.models.unet import Bottleneck, Decoder, UNetShape, check_divisible, level_features
 
 

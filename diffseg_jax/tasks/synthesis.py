@@ -1,8 +1,8 @@
-"""Scoring missing-sequence synthesis (M2DN): validation PSNR during training, and the test evaluation.
+"""Synthesis of missing sequences (M2DN): BraTS slices train; PSNR picks the best checkpoint; test evaluation.
 
 Evaluation, per test case and per each of the 14 availability patterns (non-empty proper subsets): cut the
-normalised volume into slices as segmentation does (`evaluate.segment_volume`), zero the missing sequences,
-synthesise them slice batch by slice batch, paste the slices back on the case's grid and score each
+normalised volume into slices as segmentation does (`segmentation.segment_volume`), zero the missing
+sequences, synthesise them slice batch by slice batch, paste the slices back on the case's grid and score each
 synthesised sequence against the real normalised one inside the brain: PSNR (data range = max - min of the
 reference in the brain), SSIM (per axial slice on the brain's bounding box, mean over brain slices), MAE.
 Baseline "mean of the available sequences" per pixel, built from the same slices and pasted back the same
@@ -14,10 +14,8 @@ single-missing patterns, synthesis/<case>_missing-<seq>_<seq>.nii.gz (z-scores o
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,14 +25,18 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from data_pipelines import brats, slices, sources
-from diffseg_jax import inference, metrics, parallel
-from diffseg_jax.anomaly import detection
-from diffseg_jax.evaluate import _per_case_csv, _write_text_atomic, restore_params
+from diffseg_jax import inference, metrics, outputs, parallel
+from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.modalities import MODALITIES, all_subsets, availability_vector
+from diffseg_jax.tasks import segmentation
+from diffseg_jax.tasks.base import Arrays, Predict, Task
 
+PREDICT_OUTPUTS = {
+    "synthesis": "[B, H, W, 4] the input's sequences where available, the synthesised ones where missing",
+}
 PATTERNS: tuple[tuple[str, ...], ...] = tuple(s for s in all_subsets() if len(s) < len(MODALITIES))
-_SSIM_WINDOW = 11  # detection.ssim's Gaussian window: every side must be at least this
+_SSIM_WINDOW = 11  # metrics.ssim's Gaussian window: every side must be at least this
 
 
 def pattern_name(available: tuple[str, ...]) -> str:
@@ -49,13 +51,10 @@ def mean_of_available(images: np.ndarray, available: np.ndarray) -> np.ndarray:
     return (np.tensordot(images, weights, axes=([-1], [0])) / weights.sum())[..., None]
 
 
-def validation_scores(predict: Callable[[np.ndarray], dict], val_arrays: dict[str, np.ndarray]) -> dict:
-    """PSNR of each sequence synthesised from the other three, pooled over the brain pixels of the slices.
-
-    Returns 'val/psnr_<seq>' and their mean under 'val/dice': the key the training loop's best-checkpoint
-    manager tracks (higher is better), so "best" is the checkpoint with the best mean PSNR.
-    """
-    images = np.asarray(val_arrays["image"], np.float32)
+def validation_scores(predict: Predict, val: Arrays, config: ml_collections.ConfigDict) -> dict[str, float]:
+    """PSNR of each sequence synthesised from the other three ('val/psnr_<seq>'), pooled over the brain
+    pixels of the validation slices, and their mean ('val/psnr', the best checkpoint's score)."""
+    images = np.asarray(val["image"], np.float32)
     brain = np.any(images != 0, axis=-1)
     n = images.shape[0]
     inputs = [images * availability_vector(tuple(m for m in MODALITIES if m != drop)) for drop in MODALITIES]
@@ -64,8 +63,8 @@ def validation_scores(predict: Callable[[np.ndarray], dict], val_arrays: dict[st
     for k, name in enumerate(MODALITIES):
         ref = images[..., k][brain]
         out = synth[k * n : (k + 1) * n, ..., k][brain]
-        scalars[f"val/psnr_{name}"] = detection.psnr(out, ref, data_range=_data_range(ref))
-    scalars["val/dice"] = float(np.mean(list(scalars.values())))
+        scalars[f"val/psnr_{name}"] = metrics.psnr(out, ref, data_range=_data_range(ref))
+    scalars["val/psnr"] = float(np.mean(list(scalars.values())))
     return scalars
 
 
@@ -94,27 +93,15 @@ def sequence_scores(
     values = ref[brain]
     data_range = _data_range(values)
     out = {
-        "psnr": detection.psnr(synth[brain], values, data_range),
+        "psnr": metrics.psnr(synth[brain], values, data_range),
         "ssim": float("nan"),
-        "mae": float(np.mean(np.abs(synth[brain].astype(np.float64) - values))),
+        "mae": metrics.mae(synth[brain], values),
     }
     a, b = synth[box], ref[box]
     if min(a.shape[:2]) >= _SSIM_WINDOW:
         zs = np.flatnonzero(brain.any(axis=(0, 1)))
-        out["ssim"] = float(np.mean([detection.ssim(a[..., z], b[..., z], data_range) for z in zs]))
+        out["ssim"] = float(np.mean([metrics.ssim(a[..., z], b[..., z], data_range) for z in zs]))
     return out
-
-
-def _cases(config: ml_collections.ConfigDict, progress: bool) -> list[brats.CaseFiles]:
-    if config.eval.data_root:
-        cases = brats.find_cases(config.eval.data_root, available=sources.available(config))
-    else:
-        cases = sources.load_splits(config, progress)[config.eval.split]
-    return cases[: config.eval.max_cases] if config.eval.max_cases else cases
-
-
-def _rounded(prefix: str, scores: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}{k}": round(float(v), 6) for k, v in scores.items()}
 
 
 def _summaries(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]:
@@ -128,7 +115,7 @@ def _summaries(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[st
     return {"patterns": patterns, "per_sequence": per_sequence}
 
 
-def evaluate_synthesis(
+def evaluate(
     config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True
 ) -> dict[str, Any]:
     """Synthesises every missing pattern of the test cases, scores it and the baseline, writes outputs."""
@@ -137,7 +124,7 @@ def evaluate_synthesis(
     mesh = parallel.make_mesh()
     method = build_method(config)
     params, step = restore_params(config, workdir, method, mesh)
-    cases = _cases(config, progress)
+    cases = sources.evaluation_cases(config, progress)
     predict_fn = inference.make_predict_fn(method, mesh)
     key = jax.random.PRNGKey(config.seed + 1000)
     names = [pattern_name(p) for p in PATTERNS]
@@ -185,10 +172,10 @@ def evaluate_synthesis(
                 model[name].setdefault(seq, []).append(ours)
                 baseline[name].setdefault(seq, []).append(base)
                 row = {"case_id": case.case_id, "available": ",".join(available), "sequence": seq}
-                rows.append({**row, **_rounded("", ours), **_rounded("mean_", base)})
+                rows.append({**row, **outputs.rounded(ours), **outputs.rounded(base, prefix="mean_")})
                 if config.eval.write_predictions and index < config.eval.num_overlays and len(available) == 3:
                     path = out_dir / "synthesis" / f"{case.case_id}_missing-{seq}_{seq}.nii.gz"
-                    brats.save_nifti(synth[..., k].astype(np.float32), volume, path)
+                    outputs.save_nifti(synth[..., k].astype(np.float32), volume, path)
             bar.update(1)
         seconds.append(time.perf_counter() - tic)
     bar.close()
@@ -205,8 +192,32 @@ def evaluate_synthesis(
         "baseline_mean": _summaries(baseline),
         "resampling_ceiling": {seq: metrics.summarize(v) for seq, v in ceiling.items()},
     }
-    _write_text_atomic(out_dir / "per_case.csv", _per_case_csv(rows))
-    _write_text_atomic(out_dir / "metrics.json", json.dumps(summary, indent=2))
+    outputs.write_csv(out_dir / "per_case.csv", rows)
+    outputs.write_json(out_dir / "metrics.json", summary)
     for seq, stats in summary["per_sequence"].items():
         logging.info("%s: PSNR %.2f dB  SSIM %.4f", seq, stats["psnr"]["mean"], stats["ssim"]["mean"])
     return summary
+
+
+def summary_lines(config: ml_collections.ConfigDict, summary: dict[str, Any]) -> list[str]:
+    """Per synthesised sequence: PSNR, SSIM and MAE, beside the mean-of-available baseline's PSNR."""
+    lines = []
+    for name, stats in summary["per_sequence"].items():
+        base = summary["baseline_mean"]["per_sequence"][name]["psnr"]["mean"]
+        lines.append(
+            f"{name}: PSNR {stats['psnr']['mean']:.2f} dB  SSIM {stats['ssim']['mean']:.4f}"
+            f"  MAE {stats['mae']['mean']:.4f}  (mean of available: PSNR {base:.2f} dB)"
+        )
+    return lines
+
+
+TASK = Task(
+    name="synthesis",
+    predict_outputs=PREDICT_OUTPUTS,
+    selection="val/psnr",
+    selection_mode="max",
+    prepare_training=segmentation.prepare_training,  # the same slices; labels unused
+    validation_scores=validation_scores,
+    evaluate=evaluate,
+    summary_lines=summary_lines,
+)

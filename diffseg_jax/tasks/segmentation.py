@@ -1,12 +1,15 @@
-"""Volume-level evaluation: segment every slice of each case, reassemble, score, write NIfTI and PNGs."""
+"""Tumour segmentation: BraTS slices train, Dice picks the best checkpoint, volumes are evaluated.
+
+Evaluation segments every brain slice of each case, reassembles the volume on the case's own grid, writes
+the labels back in the case's convention (and the uncertainty) as NIfTI with its affine and header, scores
+WT/TC/ET per case (Dice, IoU, HD95 in mm, sensitivity, specificity) and writes metrics.json, per_case.csv
+and overlay PNGs. `eval.available` segments from a subset of the sequences ('each': all 15 subsets).
+"""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,12 +21,17 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from data_pipelines import brats, slices, sources
-from diffseg_jax import inference, metrics, modalities, parallel
-from diffseg_jax.checkpoint import Checkpoints
-from diffseg_jax.methods.base import Method
+from diffseg_jax import inference, metrics, modalities, outputs, parallel
+from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
-from diffseg_jax.missing.fill_in import FillIn, make_fill_in
-from diffseg_jax.train import TrainState, create_train_state
+from diffseg_jax.tasks import tables
+from diffseg_jax.tasks.base import Arrays, Predict, Task, TrainingData
+from diffseg_jax.tasks.fill_in import FillIn, make_fill_in
+
+PREDICT_OUTPUTS = {
+    "prob": "[B, H, W, C] probability of each region (WT, TC, ET; or WT only) in [0, 1]",
+    "uncertainty": "[B, H, W, C] a per-pixel uncertainty (0 for deterministic methods without one)",
+}
 
 REGIONS = ("wt", "tc", "et")
 # (volume, config with the eval.available to use, key) -> segment_volume's output
@@ -83,14 +91,9 @@ def case_metrics(labels: np.ndarray, volume: brats.CaseVolume, target: str) -> d
 
 
 def save_overlay(
-    path: pathlib.Path,
-    volume: brats.CaseVolume,
-    labels: np.ndarray,
-    uncertainty: np.ndarray,
+    path: pathlib.Path, volume: brats.CaseVolume, labels: np.ndarray, uncertainty: np.ndarray
 ) -> None:
-    """One PNG: the four sequences, reference, prediction and uncertainty at the most tumorous slice."""
-    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it was
-
+    """The four sequences, reference, prediction and uncertainty at the most tumorous axial slice."""
     area = (labels > 0).sum(axis=(0, 1))
     if volume.seg is not None:
         area = area + (volume.seg > 0).sum(axis=(0, 1))
@@ -100,71 +103,7 @@ def save_overlay(
         panels.append((volume.seg[:, :, z], "reference", "viridis"))
     panels.append((labels[:, :, z], "prediction", "viridis"))
     panels.append((uncertainty[:, :, z], "uncertainty", "magma"))
-    fig = Figure(figsize=(2.2 * len(panels), 2.6))
-    axes = fig.subplots(1, len(panels))
-    for ax, (image, title, cmap) in zip(axes, panels, strict=True):
-        ax.imshow(np.rot90(image), cmap=cmap)
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    fig.suptitle(f"{volume.case_id}  z={z}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-
-
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _per_case_csv(rows: list[dict[str, Any]]) -> str:
-    import io
-
-    buffer = io.StringIO()
-    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["case_id"]  # union, first-seen order
-    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def restore_params(
-    config: ml_collections.ConfigDict,
-    workdir: pathlib.Path,
-    method: Method,
-    mesh,
-    shape_source: dict[str, np.ndarray] | None = None,
-) -> tuple[Any, int]:
-    """EMA params of the configured checkpoint ('best' falls back to 'latest' if none was kept).
-
-    `shape_source`: a one-example batch with the training batches' shapes (default: the segmentation one).
-    """
-    if shape_source is None:
-        size, channels = config.data.image_size, 3 if config.data.target == "regions" else 1
-        shape_source = {
-            "image": np.zeros((1, size, size, 4), np.float32),
-            "label": np.zeros((1, size, size, channels), np.float32),
-        }
-    target = jax.eval_shape(lambda: create_train_state(config, method, shape_source))
-    target = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)),
-        target,
-    )
-    folders = ["best", "checkpoints"] if config.eval.checkpoint == "best" else ["checkpoints"]
-    for folder in folders:
-        if not (workdir / folder).is_dir():
-            continue
-        manager = Checkpoints(workdir / folder, max_to_keep=None)
-        step = manager.latest_step()
-        if step is not None:
-            state: TrainState = manager.restore(step, target)
-            manager.close()
-            return state.ema_params, step
-        manager.close()
-    raise FileNotFoundError(f"no checkpoint in {workdir} (run run_train.py with this --workdir first)")
+    outputs.save_overlay(path, f"{volume.case_id}  z={z}", panels)
 
 
 def evaluate(
@@ -189,12 +128,7 @@ def evaluate(
         raise brats.DataError(str(err)) from None
     method = build_method(config)
     params, step = restore_params(config, workdir, method, mesh)
-    if config.eval.data_root:
-        cases = brats.find_cases(config.eval.data_root, available=sources.available(config))
-    else:
-        cases = sources.load_splits(config, progress)[config.eval.split]
-    if config.eval.max_cases:
-        cases = cases[: config.eval.max_cases]
+    cases = sources.evaluation_cases(config, progress)
     predict_fn = inference.make_predict_fn(method, mesh)
 
     def segment(volume: brats.CaseVolume, sub_config: ml_collections.ConfigDict, key: jax.Array):
@@ -225,15 +159,15 @@ def _evaluate_cases(
         uncertainty = out["uncertainty"].max(axis=-1).astype(np.float32)
         if config.eval.write_predictions:
             pred_dir = out_dir / "predictions"
-            brats.save_nifti(labels, volume, pred_dir / f"{case.case_id}_seg.nii.gz")
-            brats.save_nifti(uncertainty, volume, pred_dir / f"{case.case_id}_uncertainty.nii.gz")
+            outputs.save_nifti(labels, volume, pred_dir / f"{case.case_id}_seg.nii.gz")
+            outputs.save_nifti(uncertainty, volume, pred_dir / f"{case.case_id}_uncertainty.nii.gz")
         if index < config.eval.num_overlays:
             save_overlay(out_dir / "overlays" / f"{case.case_id}.png", volume, labels, uncertainty)
         row: dict[str, Any] = {"case_id": case.case_id, "seconds": round(seconds[-1], 3)}
         if volume.seg is not None:
             for region, values in case_metrics(labels, volume, config.data.target).items():
                 per_region[region].append(values)
-                row.update({f"{region}_{k}": round(v, 6) for k, v in values.items()})
+                row.update(outputs.rounded(values, prefix=f"{region}_"))
         rows.append(row)
 
     summary = {
@@ -245,8 +179,8 @@ def _evaluate_cases(
         "seconds_per_case": float(np.mean(seconds)) if seconds else None,
         "regions": {r: metrics.summarize(v) for r, v in per_region.items() if v},
     }
-    _write_text_atomic(out_dir / "per_case.csv", _per_case_csv(rows))
-    _write_text_atomic(out_dir / "metrics.json", json.dumps(summary, indent=2))
+    outputs.write_csv(out_dir / "per_case.csv", rows)
+    outputs.write_json(out_dir / "metrics.json", summary)
     for region, stats in summary["regions"].items():
         logging.info("%s dice %.4f  hd95 %.2f mm", region, stats["dice"]["mean"], stats["hd95"]["mean"])
     return summary
@@ -288,5 +222,50 @@ def evaluate_subsets(
         "dice": results,
         "mean_over_subsets": {r: float(np.mean([v[r] for v in results.values()])) for r in regions},
     }
-    _write_text_atomic(out_dir / "subsets.json", json.dumps(table, indent=2))
+    outputs.write_json(out_dir / "subsets.json", table)
     return table
+
+
+def prepare_training(config: ml_collections.ConfigDict, progress: bool = True) -> TrainingData:
+    train, val, description = sources.training_slices(config, progress)
+    return TrainingData(train, val, description)
+
+
+def slice_dice(prob: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Dice per channel pooled over all given slices (a cheap validation signal)."""
+    pred = prob > 0.5
+    ref = label > 0.5
+    inter = np.sum(pred & ref, axis=(0, 1, 2))
+    total = np.sum(pred, axis=(0, 1, 2)) + np.sum(ref, axis=(0, 1, 2))
+    return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
+
+
+def validation_scores(predict: Predict, val: Arrays, config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Dice per channel pooled over the validation slices ('val/dice_<i>') and their mean ('val/dice')."""
+    dice = slice_dice(predict(val["image"])["prob"], val["label"])
+    scalars = {f"val/dice_{i}": float(v) for i, v in enumerate(dice)}
+    scalars["val/dice"] = float(np.mean(dice))
+    return scalars
+
+
+def summary_lines(config: ml_collections.ConfigDict, summary: dict[str, Any]) -> list[str]:
+    """Dice and HD95 per region; for `eval.available=each`, the markdown table of the 15 subsets."""
+    if "mean_over_subsets" in summary:
+        return tables.subsets_markdown({config.method: summary}).splitlines()
+    return [
+        f"{region}: dice {stats['dice']['mean']:.4f} ± {stats['dice']['std']:.4f}"
+        f"  hd95 {stats['hd95']['mean']:.2f} mm"
+        for region, stats in summary["regions"].items()
+    ]
+
+
+TASK = Task(
+    name="segmentation",
+    predict_outputs=PREDICT_OUTPUTS,
+    selection="val/dice",
+    selection_mode="max",
+    prepare_training=prepare_training,
+    validation_scores=validation_scores,
+    evaluate=evaluate,
+    summary_lines=summary_lines,
+)

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from diffseg_jax import inference
+from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -42,10 +43,8 @@ def make_fill_in(config: ml_collections.ConfigDict, mesh) -> FillIn | None:
     workdir = config.eval.get("fill_in_workdir")
     if not workdir:
         return None
-    from diffseg_jax.evaluate import restore_params  # evaluate imports this module lazily too
-
     filler = load_config(config.eval.get("fill_in_config") or "configs/m2dn.py")
-    if filler.get("task") != "synthesis":
+    if filler.task != "synthesis":
         raise ValueError(f"eval.fill_in_config: {filler.method!r} is not a synthesis method (m2dn, ...)")
     if filler.data.image_size != config.data.image_size:
         raise ValueError(

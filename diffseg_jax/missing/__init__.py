@@ -1,1 +1,0 @@
-"""Missing MRI sequences: synthesising them (M2DN) — validation scores and the volume-level evaluation."""

@@ -1,0 +1,148 @@
+"""Everything a run writes for people and tools: text, JSON, CSV, NIfTI and overlay PNGs, atomically.
+
+Each file is written to a temporary name in its target folder and renamed over the target, so a killed
+job never leaves a half-written table or volume behind. NIfTI outputs keep the geometry of the scan they
+were computed from (its affine and header), so they open over it in ITK-SNAP or 3D Slicer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+
+from data_pipelines.brats import DataError
+
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+Panel = tuple[np.ndarray, str, str]  # (2D image, title, matplotlib colormap)
+
+
+class OnGrid(Protocol):
+    """What a NIfTI output copies its geometry from (a loaded case: `data_pipelines.brats.CaseVolume`)."""
+
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    images: np.ndarray
+
+
+def _temporary(path: pathlib.Path, suffix: str = "") -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    return pathlib.Path(tmp)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> pathlib.Path:
+    """Writes `text` to `path` atomically (parents created)."""
+    path = pathlib.Path(path)
+    tmp = _temporary(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike[str], value: Any) -> pathlib.Path:
+    return write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> pathlib.Path:
+    """One row per mapping; the columns are the union of their keys in first-seen order."""
+    rows = list(rows)
+    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["case_id"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
+
+
+def rounded(scores: Mapping[str, float], prefix: str = "", digits: int = 6) -> dict[str, float]:
+    """Scores as table cells: `prefix` + name -> value rounded to `digits`."""
+    return {f"{prefix}{key}": round(float(value), digits) for key, value in scores.items()}
+
+
+def _storable(array: np.ndarray) -> np.ndarray:
+    """NIfTI has no bool and nibabel refuses int64 by default: pick the smallest type that fits."""
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype.kind in "iu" and array.dtype.itemsize == 8:
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        for dt in (np.uint8, np.int16, np.int32):
+            if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+                return array.astype(dt)
+    return array
+
+
+def _save_image(image: nib.Nifti1Image, path: pathlib.Path) -> pathlib.Path:
+    ext = next((e for e in NIFTI_EXTENSIONS if path.name.endswith(e)), None)
+    if ext is None:
+        raise DataError(f"{path}: output name must end in .nii.gz or .nii")
+    tmp = _temporary(path, suffix=ext)  # nibabel picks the format by the extension
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_nifti(
+    array: np.ndarray,
+    like: OnGrid,
+    path: str | os.PathLike[str],
+    dtype: npt.DTypeLike | None = None,
+) -> pathlib.Path:
+    """Writes `array` on the grid of the scan `like` (same affine and header), atomically."""
+    path = pathlib.Path(path)
+    data = _storable(np.asarray(array) if dtype is None else np.asarray(array).astype(dtype))
+    grid = like.images.shape[:3]
+    if data.shape[:3] != grid:
+        raise DataError(f"{path}: array shape {data.shape} does not match case grid {grid}")
+    header = like.header.copy()
+    header.set_data_dtype(data.dtype)
+    return _save_image(nib.Nifti1Image(data, like.affine, header=header), path)
+
+
+def save_nifti_on_affine(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], dtype: npt.DTypeLike
+) -> pathlib.Path:
+    """Writes an [X, Y, Z] volume of a resampled grid with that grid's affine (mm units), atomically."""
+    image = nib.Nifti1Image(_storable(np.asarray(array).astype(dtype)), affine)
+    image.header.set_xyzt_units("mm")
+    return _save_image(image, pathlib.Path(path))
+
+
+def save_overlay(path: str | os.PathLike[str], title: str, panels: list[Panel]) -> pathlib.Path:
+    """One PNG row of 2D panels (radiological view: rotated 90°), atomically."""
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it was
+
+    fig = Figure(figsize=(2.2 * len(panels), 2.6))
+    for ax, (image, name, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        ax.imshow(np.rot90(image), cmap=cmap)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    tmp = _temporary(path, suffix=".png")
+    try:
+        fig.savefig(tmp, dpi=80)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
