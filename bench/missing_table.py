@@ -97,7 +97,7 @@ def evaluate_route(
 
 
 def flair_alone_line(routes: dict[str, dict]) -> str:
-    """The issue's criterion: best route's WT Dice from flair alone / all-four BTSegDiff's WT on all four."""
+    """The headline figure: best route's WT Dice from flair alone / all-four BTSegDiff's WT on all four."""
     full = routes["BTSegDiff (all four)"]["dice"]["t1,t1ce,t2,flair"]["wt"]
     best_label, best = max(((k, v["dice"]["flair"]["wt"]) for k, v in routes.items()), key=lambda kv: kv[1])
     share = f"{100 * best / full:.1f}%" if full > 0 else "undefined (all-sequences Dice 0)"

@@ -22,7 +22,6 @@ def get_config(arg: str | None = None):
     add_diffusion(c, preset)
     if preset == "":
         # Train more often at high noise, where only the image can answer (t = T u^(1/2), 75% in the
-        # upper half): measured on the 9 test cases at 1600 steps, WT/TC/ET Dice 0.910/0.882/0.843
-        # against 0.905/0.858/0.839 with uniform t (README "Results"). The paper preset keeps uniform t.
+        # upper half): higher test Dice than uniform t (docs/results.md). The paper preset keeps uniform t.
         c.diffusion.timestep_power = 2.0
     return c

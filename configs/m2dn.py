@@ -4,10 +4,10 @@ Presets (`--config=configs/m2dn.py:smoke`, default, `:paper`):
 - smoke: 32 px, a tiny net, 6 steps, DDIM 3 steps; for tests.
 - default: the CPU demo, 64 px on the embedded phantom data, DDIM 10 steps.
 - paper: T = 1000 linear betas, x0-prediction, MSE on all sequences, the full 1000-step DDPM chain at
-  sampling (our reading of the paper: REFERENCES.md does not state its sampler), the shared GPU recipe
+  sampling (our reading: the paper does not state its sampler), the shared GPU recipe
   (AdamW 1e-4, batch 8, EMA 0.9999, 100k steps) and axial slices 80-120 at 256 px.
 Task 'synthesis': validation tracks the mean PSNR of each sequence synthesised from the other three; run_eval
-scores all 14 availability patterns (PSNR, SSIM, MAE) and writes NIfTI (`diffseg_jax/missing/synthesis.py`).
+scores all 14 availability patterns (PSNR, SSIM, MAE) and writes NIfTI (`diffseg_jax/tasks/synthesis.py`).
 """
 
 import ml_collections

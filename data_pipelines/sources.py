@@ -8,7 +8,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from data_pipelines import brats, input_pipeline, phantom
+from data_pipelines import brats, input_pipeline, phantom, slices
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -91,3 +91,12 @@ def evaluation_cases(config: ml_collections.ConfigDict, progress: bool = True) -
     else:
         cases = load_splits(config, progress)[config.eval.split]
     return cases[: config.eval.max_cases] if config.eval.max_cases else cases
+
+
+def example_slices(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """A one-example batch of zeros shaped like the training slices: four sequences, the target's channels."""
+    size = config.data.image_size
+    return {
+        "image": np.zeros((1, size, size, len(brats.MODALITIES)), np.float32),
+        "label": np.zeros((1, size, size, slices.TARGET_CHANNELS[config.data.target]), np.float32),
+    }

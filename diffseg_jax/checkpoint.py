@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffseg_jax import parallel
-from diffseg_jax.methods.base import Method, num_outputs
+from diffseg_jax.methods.base import Method
 from diffseg_jax.train_state import TrainState, create_train_state
 
 
@@ -65,21 +65,14 @@ def restore_params(
     workdir: str | pathlib.Path,
     method: Method,
     mesh,
-    shape_source: dict[str, np.ndarray] | None = None,
+    example_batch: dict[str, np.ndarray],
 ) -> tuple[Any, int]:
     """(EMA params, step) of `eval.checkpoint`: 'best' (else the newest if none was kept) or 'latest'.
 
-    `shape_source`: a one-example batch with the training batches' shapes (default: a segmentation batch of
-    `data.image_size`, four sequences, the target's channels).
+    `example_batch`: a one-example batch with the training batches' shapes (the task's `example_batch`).
     """
     workdir = pathlib.Path(workdir)
-    if shape_source is None:
-        size = config.data.image_size
-        shape_source = {
-            "image": np.zeros((1, size, size, 4), np.float32),
-            "label": np.zeros((1, size, size, num_outputs(config.data.target)), np.float32),
-        }
-    target = jax.eval_shape(lambda: create_train_state(config, method, shape_source))
+    target = jax.eval_shape(lambda: create_train_state(config, method, example_batch))
     target = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), target
     )

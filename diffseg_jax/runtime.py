@@ -3,7 +3,7 @@
 `configure()` must run before JAX initialises a backend (the CLIs call it first thing; a notebook
 calls it in its first cell). It only *adds* settings: a flag already in XLA_FLAGS is never changed,
 and DIFFSEG_XLA_DEFAULTS=0 turns the flag defaults off (JAX's out-of-the-box behaviour).
-On CPU the defaults are what `bench/speed.py` measured fastest on our nets (README, "Speed"): XLA's own
+On CPU the defaults are what `bench/speed.py` measured fastest on our nets (docs/results.md, "Speed"): XLA's own
 settings on one device. Turning the cores into host devices (`DIFFSEG_CPU_DEVICES=<n>`, sharding the
 batch) and XLA:CPU's YNN fusion switch were both measured and neither was faster on 2 cores; they stay
 available for machines where they are.
@@ -18,7 +18,7 @@ from collections.abc import MutableMapping
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 # XLA:CPU's experimental YNN fusion of convolutions and dots (bench setup "ynn_off" turns it off).
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-CPU_FLAG_DEFAULTS: dict[str, str] = {}  # measured: nothing beat XLA's own settings (README, "Speed")
+CPU_FLAG_DEFAULTS: dict[str, str] = {}  # measured: nothing beat XLA's own settings (docs/results.md, "Speed")
 DEFAULTS_SWITCH = "DIFFSEG_XLA_DEFAULTS"
 CPU_DEVICES_ENV = "DIFFSEG_CPU_DEVICES"
 

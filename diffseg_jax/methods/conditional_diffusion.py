@@ -4,9 +4,8 @@ Loss = noise_weight * ||eps - eps_hat||^2 + x0_weight * mean((x0_hat - G)^2) (BT
 seg_weight * (soft Dice + BCE) of the x0 estimate read as a probability: the auxiliary term of Diff-UNet,
 whose code BTSegDiff's copies. It is off in the paper presets and on in the CPU demo, where tumours cover ~1%
 of the pixels. With x0-prediction the network's raw output r is the mask's logits and x0 = 2 sigmoid(r) - 1
-(Diff-UNet's sigmoid on the x0 output): every term then pulls r the same way. With an unbounded x0 and
-Dice/BCE on sigmoid(4 x0), the overlap terms pushed background below -1 against the MSE, |x0| crept up and
-training spiked and collapsed to "all background" after 300-500 steps at lr 3e-4 and at 1e-4 (measured).
+(Diff-UNet's sigmoid on the x0 output): every term then pulls r the same way, whereas with an unbounded x0
+the overlap terms push the background below -1 against the MSE and training becomes unstable.
 A method may add a loss on the network's recorded intermediates (MedSegDiff-V2's condition model). Masks are
 diffused in [-1, 1]. Prediction: S chains as a vmap axis with the condition computed once per image, fused by
 `sampling.fusion`: 'stepwise' (BTSegDiff's stepwise uncertainty) or 'mean' (MedSegDiff's ensemble mean).

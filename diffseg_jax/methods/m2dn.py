@@ -10,7 +10,7 @@ Batches are the segmentation batches; the label is ignored. Images are z-scores 
 predict reads the pattern from the input (an all-zero channel is missing, `modalities.py`) and returns
 {"synthesis": [B,H,W,4]}: the input's channels where available, the synthesised ones where missing.
 
-`synthesis_unet` (config.method) is the deterministic baseline the issue asks M2DN to beat: the same
+`synthesis_unet` (config.method) is the deterministic baseline M2DN is compared with: the same
 network and code, the missing channels given as zeros at t = 0, one forward pass, the same MSE.
 """
 

@@ -4,7 +4,7 @@ Every detector reconstructs a healthy version of its input; they differ in what 
 they train. One U-Net serves them all: time-conditioned for the diffusion models, not for the DAE, and
 with the MAM in its bottleneck for UMA-DDPM.
 
-MAM (UMA-DDPM, as REFERENCES.md writes it): modality-aware self-prompting, A_i = cos(h ⊙ Q, K_i) with
+MAM (UMA-DDPM): modality-aware self-prompting, A_i = cos(h ⊙ Q, K_i) with
 learnable Q and prompt blocks K_i, V_p = Σ_i A_i V_i; two residual blocks give h_res; h_p = h_res + V_p;
 then a Mamba block over the bottleneck's pixels as a sequence (pre-norm, residual). The prompts let one
 network tell T1 from T2 in unified mode without being told which it sees.

@@ -96,6 +96,13 @@ def prepare_training(config: ml_collections.ConfigDict, progress: bool = True) -
     return TrainingData(train, val, f"volumes per split: {counts}; train slices: {len(train['image'])}")
 
 
+def example_batch(config: ml_collections.ConfigDict) -> Arrays:
+    """One single-sequence slice of the preprocessing grid; the label holds its brain mask."""
+    height, width = config.data.grid[:2]
+    blank = np.zeros((1, height, width, 1), np.float32)
+    return {"image": blank, "label": blank}
+
+
 def validation_scores(predict: Predict, val: Arrays, config: ml_collections.ConfigDict) -> dict[str, float]:
     """{'val/dice_<seq>': best pooled Dice, 'val/dice': their mean, 'val/l1_<seq>': mean |x - x_hat|}."""
     scalars = {}
@@ -131,9 +138,7 @@ def evaluate(
     splits = anomaly_data.load_anomaly_splits(data_config(config), progress)
     mesh = parallel.make_mesh()
     method = build_method(config)
-    h, w = splits["train"][0].image.shape[1:3]
-    blank = np.zeros((1, h, w, 1), np.float32)
-    params, step = restore_params(config, workdir, method, mesh, {"image": blank, "label": blank})
+    params, step = restore_params(config, workdir, method, mesh, example_batch(config))
     predict_fn = inference.make_predict_fn(method, mesh)
     key = jax.random.PRNGKey(config.seed + 1000)
     tumour, healthy = splits["test_tumour"], splits["test"]
@@ -232,6 +237,7 @@ TASK = Task(
     predict_outputs=PREDICT_OUTPUTS,
     selection="val/dice",
     selection_mode="max",
+    example_batch=example_batch,
     prepare_training=prepare_training,
     validation_scores=validation_scores,
     evaluate=evaluate,

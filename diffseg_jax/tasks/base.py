@@ -36,12 +36,15 @@ class Task:
 
     predict_outputs: keys (and what they hold) every method of this task returns from `predict`.
     selection: the validation score that picks the best checkpoint, and whether higher or lower is better.
+    example_batch: a one-example batch of zeros with the training batches' shapes (initialising a model,
+    building a checkpoint's restore target).
     """
 
     name: str
     predict_outputs: dict[str, str]
     selection: str
     selection_mode: Literal["max", "min"]
+    example_batch: Callable[[ml_collections.ConfigDict], Arrays]
     prepare_training: Callable[[ml_collections.ConfigDict, bool], TrainingData]
     validation_scores: Callable[[Predict, Arrays, ml_collections.ConfigDict], dict[str, float]]
     evaluate: Callable[[ml_collections.ConfigDict, pathlib.Path, bool], dict[str, Any]]

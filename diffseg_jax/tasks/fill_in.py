@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from data_pipelines import sources
 from diffseg_jax import inference
 from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
@@ -52,7 +53,7 @@ def make_fill_in(config: ml_collections.ConfigDict, mesh) -> FillIn | None:
             f"{config.data.image_size}"
         )
     method = build_method(filler)
-    params, _ = restore_params(filler, pathlib.Path(workdir), method, mesh)
+    params, _ = restore_params(filler, pathlib.Path(workdir), method, mesh, sources.example_slices(filler))
     predict_fn = inference.make_predict_fn(method, mesh)
 
     def fill(images: np.ndarray, key: jax.Array) -> np.ndarray:

@@ -78,7 +78,7 @@ def prediction_to_labels(prob: np.ndarray, convention: str, target: str) -> np.n
 
 
 def case_metrics(labels: np.ndarray, volume: brats.CaseVolume, target: str) -> dict[str, dict[str, float]]:
-    """Per-region metrics of the written labels against the reference (regions as in DESIGN.md)."""
+    """Per-region metrics of the written labels against the reference (WT = every tumour label, TC = necrotic core + enhancing, ET = enhancing)."""
     ref = brats.labels_to_regions(volume.seg, volume.convention)
     if target == "wt":
         pred = (labels > 0)[..., None]
@@ -127,7 +127,7 @@ def evaluate(
     except ValueError as err:
         raise brats.DataError(str(err)) from None
     method = build_method(config)
-    params, step = restore_params(config, workdir, method, mesh)
+    params, step = restore_params(config, workdir, method, mesh, sources.example_slices(config))
     cases = sources.evaluation_cases(config, progress)
     predict_fn = inference.make_predict_fn(method, mesh)
 
@@ -264,6 +264,7 @@ TASK = Task(
     predict_outputs=PREDICT_OUTPUTS,
     selection="val/dice",
     selection_mode="max",
+    example_batch=sources.example_slices,
     prepare_training=prepare_training,
     validation_scores=validation_scores,
     evaluate=evaluate,

@@ -123,7 +123,7 @@ def evaluate(
     out_dir = pathlib.Path(config.eval.output_dir) if config.eval.output_dir else workdir / "eval"
     mesh = parallel.make_mesh()
     method = build_method(config)
-    params, step = restore_params(config, workdir, method, mesh)
+    params, step = restore_params(config, workdir, method, mesh, sources.example_slices(config))
     cases = sources.evaluation_cases(config, progress)
     predict_fn = inference.make_predict_fn(method, mesh)
     key = jax.random.PRNGKey(config.seed + 1000)
@@ -216,6 +216,7 @@ TASK = Task(
     predict_outputs=PREDICT_OUTPUTS,
     selection="val/psnr",
     selection_mode="max",
+    example_batch=sources.example_slices,
     prepare_training=segmentation.prepare_training,  # the same slices; labels unused
     validation_scores=validation_scores,
     evaluate=evaluate,
