@@ -31,7 +31,6 @@ def main(mode: str) -> None:
         from data_pipelines.brats import DataError
         from diffseg_jax import parallel, tasks
         from diffseg_jax.config_defaults import ConfigError
-        from diffseg_jax.train import TrainingDiverged, train_and_evaluate
 
         try:
             parallel.maybe_initialize_distributed()
@@ -41,12 +40,17 @@ def main(mode: str) -> None:
         try:
             task = tasks.get_task(config.value)
             if mode == "train":
-                train_and_evaluate(config.value, workdir.value)
+                from diffseg_jax import train  # TensorFlow (tf.data, TensorBoard) loads with it
+
+                try:
+                    train.train_and_evaluate(config.value, workdir.value)
+                except train.TrainingDiverged as err:
+                    sys.exit(f"error: {err}")
                 return
             summary = task.evaluate(config.value, workdir.value, True)
             for line in task.summary_lines(config.value, summary):
                 print(line)
-        except (ConfigError, DataError, FileNotFoundError, TrainingDiverged) as err:
+        except (ConfigError, DataError, FileNotFoundError) as err:
             sys.exit(f"error: {err}")
 
     def parse_flags(argv):

@@ -10,7 +10,14 @@ os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {F
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import fcntl  # noqa: E402
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
 
 # Generated phantom data and slice caches go to one throwaway folder per test session (subprocesses
 # inherit it), never to the user's cache.
@@ -21,3 +28,46 @@ os.environ.setdefault("DIFFSEG_CACHE", tempfile.mkdtemp(prefix="diffseg-test-cac
 from diffseg_jax import runtime  # noqa: E402
 
 runtime.enable_compilation_cache()
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_cli(script: str, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python <script> <args>` from the repository root; with `check`, a failure shows its stderr."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained_run():
+    """`trained_run(name, *run_train_args)` -> the workdir of one smoke training run through run_train.py.
+
+    Trained once per test run and shared by every test and both xdist workers (a file lock under
+    DIFFSEG_CACHE; the second asker waits, then reuses it). Tests read it; evaluations write to their own
+    `--config.eval.output_dir`.
+    """
+    root = pathlib.Path(os.environ["DIFFSEG_CACHE"]) / "test-runs"
+    root.mkdir(parents=True, exist_ok=True)
+
+    def get(name: str, *args: str) -> pathlib.Path:
+        workdir = root / name
+        done = workdir / "run_train.log"
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                shutil.rmtree(workdir, ignore_errors=True)
+                result = run_cli("run_train.py", *args, f"--workdir={workdir}")
+                done.write_text(result.stderr)
+        return workdir
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """`cli(script, *args, check=True)`: run_train.py / run_eval.py in a subprocess (`run_cli`)."""
+    return run_cli

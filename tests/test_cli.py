@@ -3,8 +3,6 @@
 import csv
 import json
 import pathlib
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -14,27 +12,13 @@ from data_pipelines import brats, phantom
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REAL_CASE = ROOT.parent / "shared" / "real" / "BraTS-GLI-00001-000"
-
-
-def _run(script, *args, check=True):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed:\n{result.stderr[-3000:]}")
-    return result
+SMOKE = "--config=configs/btsegdiff.py:smoke"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One smoke training run shared by the evaluation tests."""
-    workdir = tmp_path_factory.mktemp("smoke_run")
-    _run("run_train.py", "--config=configs/btsegdiff.py:smoke", f"--workdir={workdir}")
-    return workdir
+def trained(trained_run):
+    """The suite's one BTSegDiff smoke run through run_train.py (shared with other test files)."""
+    return trained_run("btsegdiff-smoke", SMOKE)
 
 
 def test_train_writes_checkpoints_and_logs(trained):
@@ -46,11 +30,12 @@ def test_train_writes_checkpoints_and_logs(trained):
     assert summary["median_step_seconds"] > 0 and summary["num_params"] > 1000
 
 
-def test_eval_writes_every_output(trained):
-    _run("run_eval.py", "--config=configs/btsegdiff.py:smoke", f"--workdir={trained}")
+def test_eval_writes_every_output(trained, cli):
+    cli("run_eval.py", SMOKE, f"--workdir={trained}")
     out = trained / "eval"
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["checkpoint_step"] in (3, 6)
+    best_steps = [int(p.name) for p in (trained / "best").iterdir() if p.name.isdigit()]
+    assert [summary["checkpoint_step"]] == best_steps  # eval.checkpoint=best by default
     for region in ("wt", "tc", "et"):
         for metric in ("dice", "iou", "hd95", "sensitivity", "specificity"):
             stats = summary["regions"][region][metric]
@@ -65,17 +50,22 @@ def test_eval_writes_every_output(trained):
         source = next(case_dir.rglob(f"{row['case_id']}_t1.nii.gz"))
         ref = nib.load(source)
         assert pred.shape == ref.shape == unc.shape
-        np.testing.assert_allclose(pred.affine, ref.affine)
+        for written in (pred, unc):  # the source's geometry: it opens over the scan in a viewer
+            np.testing.assert_allclose(written.affine, ref.affine)
+            np.testing.assert_allclose(written.header.get_qform(), ref.header.get_qform())
+            assert written.header.get_zooms() == ref.header.get_zooms()
+            assert int(written.header["sform_code"]) == int(ref.header["sform_code"])
+        assert pred.get_data_dtype() == np.uint8 and unc.get_data_dtype() == np.float32
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 4}
         assert float(row["wt_dice"]) >= 0.0
     assert list((out / "overlays").glob("*.png"))
 
 
 @pytest.mark.skipif(not REAL_CASE.is_dir(), reason="the shared real BraTS case is not present")
-def test_eval_predicts_a_real_unlabelled_case_on_its_own_grid(trained, tmp_path):
-    _run(
+def test_eval_predicts_a_real_unlabelled_case_on_its_own_grid(trained, tmp_path, cli):
+    cli(
         "run_eval.py",
-        "--config=configs/btsegdiff.py:smoke",
+        SMOKE,
         f"--workdir={trained}",
         f"--config.eval.data_root={REAL_CASE}",
         f"--config.eval.output_dir={tmp_path}",
@@ -89,16 +79,16 @@ def test_eval_predicts_a_real_unlabelled_case_on_its_own_grid(trained, tmp_path)
     assert summary["num_cases"] == 1 and summary["regions"] == {}
 
 
-def test_bad_input_stops_with_one_line_naming_the_file(tmp_path):
+def test_bad_input_stops_with_one_line_naming_the_file(tmp_path, cli):
     case = tmp_path / "BraTS2021_00000"
     case.mkdir()
     data = np.ones((8, 8, 8), np.float32)
     for name in brats.MODALITIES:
         nib.save(nib.Nifti1Image(data, np.eye(4)), case / f"BraTS2021_00000_{name}.nii.gz")
     (case / "BraTS2021_00000_seg.nii.gz").write_bytes(b"definitely not a nifti file")
-    result = _run(
+    result = cli(
         "run_train.py",
-        "--config=configs/btsegdiff.py:smoke",
+        SMOKE,
         f"--workdir={tmp_path / 'run'}",
         f"--config.data.root={tmp_path}",
         check=False,
@@ -109,16 +99,16 @@ def test_bad_input_stops_with_one_line_naming_the_file(tmp_path):
     assert last.startswith("error:") and "BraTS2021_00000_seg.nii.gz" in last
 
 
-def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    result = _run("run_eval.py", "--config=configs/btsegdiff.py:smoke", f"--workdir={tmp_path}", check=False)
+def test_missing_checkpoint_is_a_clear_error(tmp_path, cli):
+    result = cli("run_eval.py", SMOKE, f"--workdir={tmp_path}", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no checkpoint" in result.stderr.strip().splitlines()[-1]
 
 
-def test_unknown_config_key_is_one_line(tmp_path):
-    result = _run(
+def test_unknown_config_key_is_one_line(tmp_path, cli):
+    result = cli(
         "run_train.py",
-        "--config=configs/btsegdiff.py:smoke",
+        SMOKE,
         f"--workdir={tmp_path}",
         "--config.train.stepz=3",
         check=False,
@@ -126,3 +116,10 @@ def test_unknown_config_key_is_one_line(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: bad command line") and "steps" in last
+
+
+def test_unknown_task_is_one_line_listing_the_known_ones(tmp_path, cli):
+    result = cli("run_eval.py", SMOKE, f"--workdir={tmp_path}", "--config.task=segmentaton", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "error: unknown task 'segmentaton'; known tasks: anomaly, segmentation, synthesis"

@@ -167,7 +167,7 @@ def test_every_parameter_is_trained(config_module):
     label = (rng.random((4, 32, 32, 3)) > 0.8).astype(np.float32)
     batch = {"image": jnp.asarray(rng.normal(size=(4, 32, 32, 4)), jnp.float32), "label": jnp.asarray(label)}
     params = _perturbed(method.init(jax.random.PRNGKey(0), batch))
-    grads = jax.grad(lambda p: method.loss(p, batch, jax.random.PRNGKey(1))[0])(params)
+    grads = jax.jit(jax.grad(lambda p: method.loss(p, batch, jax.random.PRNGKey(1))[0]))(params)
     dead = [
         jax.tree_util.keystr(path)
         for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]

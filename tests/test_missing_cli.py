@@ -4,61 +4,53 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
-import subprocess
-import sys
 
 import jax
+import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
+import optax
 import pytest
 
 from configs import btsegdiff, m2dn, shaspec, synthesis_unet
 from data_pipelines.brats import DataError
-from diffseg_jax import parallel
+from diffseg_jax import modalities, parallel
+from diffseg_jax.methods.base import Method
 from diffseg_jax.modalities import MODALITIES, all_subsets
 from diffseg_jax.tasks import segmentation, synthesis
 from diffseg_jax.tasks.fill_in import make_fill_in
-from diffseg_jax.train import train_and_evaluate
+from diffseg_jax.train import train_and_evaluate, train_step
+from diffseg_jax.train_state import TrainState
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+SEGMENTER = "--config=configs/btsegdiff.py:smoke"
 
 
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+@pytest.fixture(scope="module")
+def m2dn_run(trained_run):
+    return trained_run("m2dn-smoke", "--config=configs/m2dn.py:smoke")
+
+
+@pytest.fixture(scope="module")
+def segmenter_run(trained_run):
+    """A segmenter trained on all four sequences: the suite's shared BTSegDiff smoke run."""
+    return btsegdiff.get_config("smoke"), trained_run("btsegdiff-smoke", SEGMENTER)
+
+
+def test_m2dn_synthesises_every_pattern_through_the_clis(m2dn_run, cli, tmp_path):
+    result = cli(
+        "run_eval.py",
+        "--config=configs/m2dn.py:smoke",
+        f"--workdir={m2dn_run}",
+        f"--config.eval.output_dir={tmp_path}",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-@pytest.fixture(scope="module")
-def m2dn_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("m2dn")
-    run("run_train.py", "--config=configs/m2dn.py:smoke", f"--workdir={workdir}")
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def dropout_run(tmp_path_factory):
-    """BTSegDiff trained with sequence dropout (in-process: the CLI path is test_cli's)."""
-    workdir = tmp_path_factory.mktemp("btsegdiff_dropout")
-    config = btsegdiff.get_config("smoke")
-    config.train.sequence_dropout = 0.5
-    train_and_evaluate(config, workdir, progress=False)
-    return config, workdir
-
-
-def test_m2dn_synthesises_every_pattern_through_the_clis(m2dn_run):
-    result = run("run_eval.py", "--config=configs/m2dn.py:smoke", f"--workdir={m2dn_run}")
     assert all(f"{seq}: PSNR" in result.stdout for seq in MODALITIES)
-    summary = json.loads((m2dn_run / "eval" / "metrics.json").read_text())
+    summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["task"] == "synthesis" and len(summary["patterns"]) == 14
     for seq in MODALITIES:  # each sequence is missing in 7 of the 14 patterns
         assert sum(seq in by_seq for by_seq in summary["patterns"].values()) == 7
         assert math.isfinite(summary["per_sequence"][seq]["psnr"]["mean"])
         assert math.isfinite(summary["baseline_mean"]["per_sequence"][seq]["psnr"]["mean"])
-    written = sorted((m2dn_run / "eval" / "synthesis").glob("*.nii.gz"))
+    written = sorted((tmp_path / "synthesis").glob("*.nii.gz"))
     assert len(written) == 4  # one case (num_overlays = 1) x the four single-missing patterns
     assert len(nib.load(written[0]).shape) == 3
 
@@ -66,6 +58,8 @@ def test_m2dn_synthesises_every_pattern_through_the_clis(m2dn_run):
 def test_regressor_baseline_trains_and_evaluates(tmp_path):
     config = synthesis_unet.get_config("smoke")
     assert config.method == "synthesis_unet" and config.task == "synthesis"
+    config.train.steps = config.train.eval_every = 2  # runs end to end; learning is test_m2dn's
+    config.eval.max_cases = 1
     train_and_evaluate(config, tmp_path, progress=False)
     summary = synthesis.evaluate(config, tmp_path, progress=False)
     assert summary["method"] == "synthesis_unet" and len(summary["patterns"]) == 14
@@ -88,15 +82,16 @@ def test_fill_in_synthesises_only_the_zeroed_sequences(m2dn_run):
     assert np.all(np.abs(out[2:, ..., 3]).mean(axis=(1, 2)) > 0)
 
 
-def test_each_subset_evaluated_once_with_the_fill_in_route(m2dn_run, dropout_run):
-    _, workdir = dropout_run
-    out_dir = workdir / "subsets_eval"
-    result = run(
+def test_each_subset_evaluated_once_with_the_fill_in_route(m2dn_run, segmenter_run, cli, tmp_path):
+    _, workdir = segmenter_run
+    out_dir = tmp_path / "subsets_eval"
+    result = cli(
         "run_eval.py",
-        "--config=configs/btsegdiff.py:smoke",
+        SEGMENTER,
         f"--workdir={workdir}",
         "--config.eval.available=each",
         "--config.eval.max_cases=1",
+        "--config.sampling.num_samples=1",
         f"--config.eval.output_dir={out_dir}",
         f"--config.eval.fill_in_workdir={m2dn_run}",
         "--config.eval.fill_in_config=configs/m2dn.py:smoke",
@@ -112,8 +107,8 @@ def test_each_subset_evaluated_once_with_the_fill_in_route(m2dn_run, dropout_run
     assert not (out_dir / "predictions").exists()
 
 
-def test_fill_in_must_be_a_synthesis_model(dropout_run):
-    config, workdir = dropout_run
+def test_fill_in_must_be_a_synthesis_model(segmenter_run):
+    config, workdir = segmenter_run
     config = config.copy_and_resolve_references()
     config.eval.fill_in_workdir = str(workdir)
     config.eval.fill_in_config = "configs/btsegdiff.py:smoke"
@@ -127,6 +122,8 @@ def test_fill_in_must_be_a_synthesis_model(dropout_run):
 
 def test_shaspec_segments_from_flair_alone(tmp_path):
     config = shaspec.get_config("smoke")
+    config.train.steps = config.train.eval_every = 2  # runs end to end; learning is test_shaspec's
+    config.eval.max_cases = 1
     train_and_evaluate(config, tmp_path, progress=False)
     config.eval.available = "flair"
     summary = segmentation.evaluate(config, tmp_path, progress=False)
@@ -137,3 +134,64 @@ def test_shaspec_segments_from_flair_alone(tmp_path):
 def test_m2dn_config_is_the_regressor_s_but_for_the_method():
     a, b = m2dn.get_config("smoke"), synthesis_unet.get_config("smoke")
     assert a.model == b.model and a.data == b.data and a.train == b.train and b.method != a.method
+
+
+def test_training_with_sequence_dropout_shows_the_loss_a_nonempty_proper_subset():
+    """train.sequence_dropout = 1: each example the loss sees lacks one to three sequences, never all four."""
+
+    def loss(params, batch, key):
+        present = modalities.available_from_image(batch["image"]).sum(axis=-1)
+        return jnp.sum(params["w"]) * 0.0, {"fewest": present.min(), "most": present.max()}
+
+    method = Method("recording", lambda key, batch: {"w": jnp.zeros(())}, loss, None)
+    tx = optax.sgd(0.1)
+    params = {"w": jnp.zeros(())}
+    state = TrainState(jnp.zeros((), jnp.int32), params, params, tx.init(params), jax.random.PRNGKey(0), tx)
+    images = jnp.ones((64, 4, 4, 4))
+    batch = {"image": images, "label": jnp.zeros((64, 4, 4, 3))}
+    for rate, fewest, most in ((1.0, 1, 3), (0.0, 4, 4)):
+        _, metrics = train_step(state, batch, method, ema_max_decay=0.9, sequence_dropout=rate)
+        assert (int(metrics["fewest"]), int(metrics["most"])) == (fewest, most), rate
+
+
+def test_evaluation_shows_the_segmenter_only_the_available_sequences(tmp_path, monkeypatch):
+    """eval.available (one subset, and 'each') zeroes exactly the other sequences of every slice batch."""
+    config = btsegdiff.get_config("smoke")
+    config.eval.max_cases = 1
+    config.eval.output_dir = str(tmp_path)
+    config.eval.write_predictions = False
+    seen: list[np.ndarray] = []
+
+    def recording_predict(params, images, key):
+        seen.append(np.asarray(images))
+        shape = images.shape[:3] + (3,)
+        return {"prob": np.zeros(shape, np.float32), "uncertainty": np.zeros(shape, np.float32)}
+
+    monkeypatch.setattr(segmentation.inference, "make_predict_fn", lambda method, mesh: recording_predict)
+    monkeypatch.setattr(segmentation, "restore_params", lambda *args: ({}, 1))
+
+    def channels_shown() -> set[str]:
+        batches = np.concatenate(seen)
+        seen.clear()
+        return {m for k, m in enumerate(MODALITIES) if np.any(batches[..., k] != 0)}
+
+    config.eval.available = "t1ce,flair"
+    assert segmentation.evaluate(config, tmp_path, progress=False)["available"] == "t1ce,flair"
+    assert channels_shown() == {"t1ce", "flair"}
+    config.eval.available = ""
+    segmentation.evaluate(config, tmp_path, progress=False)
+    assert channels_shown() == set(MODALITIES)
+
+    shown_per_subset = []
+    real_evaluate_cases = segmentation._evaluate_cases
+
+    def evaluate_cases(sub_config, *args):
+        summary = real_evaluate_cases(sub_config, *args)
+        shown_per_subset.append((sub_config.eval.available, channels_shown()))
+        return summary
+
+    monkeypatch.setattr(segmentation, "_evaluate_cases", evaluate_cases)
+    config.eval.available = "each"
+    segmentation.evaluate(config, tmp_path / "each", progress=False)
+    assert [(name, set(name.split(","))) for name, _ in shown_per_subset] == shown_per_subset
+    assert len(shown_per_subset) == 15
