@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
-PHANTOM_VERSION = 2  # 2: subtle lesions stand out from GM and the bias field; radius >= 5 mm
+PHANTOM_VERSION = 2  # part of the cache key: a dataset written by another version is regenerated
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 LABELS = (0, 1, 2, 4)  # background, necrotic core (NCR), oedema (ED), enhancing tumour (ET)
 TUMOUR_FREE_BLOCK = 8  # exactly one tumour-free case per block of 8 indices (12.5 %)
@@ -42,8 +42,8 @@ _LESION = {
     4: {"t1": (0.75, 0.95), "t1ce": (1.35, 2.0), "t2": (1.2, 1.6), "flair": (1.2, 1.7)},
     1: {"t1": (0.3, 0.5), "t1ce": (0.3, 0.5), "t2": (1.8, 2.6), "flair": (0.5, 1.5)},
 }
-# Subtle lesions: oedema 30-50 % brighter than WM in FLAIR (GM is ~12 %), weak enhancement. Version 1 had
-# 15-30 %, inside the +-20 % of the bias field: such lesions are not identifiable from the images at all.
+# Subtle lesions: oedema 30-50 % brighter than WM in FLAIR (GM is ~12 %), weak enhancement. Fainter lesions
+# would sit inside the bias field's variation, where no model could identify them from the images.
 _LOW_CONTRAST = {
     2: {"t1": (0.85, 0.93), "t1ce": (0.85, 0.93), "t2": (1.4, 1.7), "flair": (1.3, 1.5)},
     4: {"t1ce": (1.25, 1.45)},

@@ -22,7 +22,9 @@ class Method:
 
     init(key, batch) -> params
     loss(params, batch, key) -> (scalar loss, dict of scalar metrics)      [training mode]
-    predict(params, images, key) -> {"prob": [B,H,W,C] in [0,1], "uncertainty": [B,H,W,C]}
+    predict(params, images, key) -> dict of [B, H, W, ·] arrays: the keys the method's task declares
+        (`diffseg_jax/tasks/`: segmentation "prob" and "uncertainty", anomaly "reconstruction",
+        synthesis "synthesis"; tests/test_tasks.py checks every method against its task)
     """
 
     name: str
