@@ -71,3 +71,13 @@ def trained_run():
 def cli():
     """`cli(script, *args, check=True)`: run_train.py / run_eval.py in a subprocess (`run_cli`)."""
     return run_cli
+
+
+def require_real_data(path: pathlib.Path) -> None:
+    """Skips the calling test when the real data at `path` is absent, and fails it instead under CI
+    (the environment variable CI set), where a missing folder must not pass as a green run."""
+    if path.exists():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"real data missing at {path} (CI is set: real-data tests must run)", pytrace=False)
+    pytest.skip(f"real data not available at {path}")

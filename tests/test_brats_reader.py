@@ -8,6 +8,7 @@ import pathlib
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import require_real_data
 
 from data_pipelines.brats import (
     LABEL_VALUES,
@@ -302,10 +303,31 @@ def test_2023_label_three_is_valid_but_four_is_not(tmp_path: pathlib.Path) -> No
 # ----------------------------------------------------------------------------- labels <-> regions
 
 
-@pytest.mark.parametrize("convention", ["brats2021", "brats2023"])
+# Label values per convention (BraTS 2020 cases use the 2021 convention): background, necrotic core,
+# oedema, enhancing tumour.
+KNOWN_CONVENTIONS = {"brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3)}
+# Regions (WT, TC, ET) of each label, in label order: 0 -> none, NCR -> WT+TC, ED -> WT, ET -> all three.
+REGIONS_OF_LABEL = np.array([[0, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)
+
+
+def test_label_conventions_are_the_known_ones() -> None:
+    assert {c: tuple(LABEL_VALUES[c]) for c in LABEL_VALUES} == KNOWN_CONVENTIONS
+
+
+@pytest.mark.parametrize("convention", sorted(LABEL_VALUES))
+def test_regions_to_labels_encodes_each_region_combination(convention: str) -> None:
+    labels = regions_to_labels(REGIONS_OF_LABEL, convention)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, KNOWN_CONVENTIONS[convention])
+    np.testing.assert_array_equal(labels_to_regions(labels, convention), REGIONS_OF_LABEL)
+
+
+@pytest.mark.parametrize("convention", sorted(LABEL_VALUES))
 def test_regions_round_trip(convention: str) -> None:
     values = np.array(LABEL_VALUES[convention], np.uint8)
     seg = np.random.default_rng(1).choice(values, size=(5, 6, 7)).astype(np.uint8)
+    seg[0, 0, :4] = values  # every label value occurs
+    assert set(np.unique(seg)) == set(values.tolist())
     regions = labels_to_regions(seg, convention)
     assert regions.shape == (5, 6, 7, 3) and regions.dtype == bool
     wt, tc, et = regions[..., 0], regions[..., 1], regions[..., 2]
@@ -316,6 +338,20 @@ def test_regions_round_trip(convention: str) -> None:
     back = regions_to_labels(regions, convention)
     assert back.dtype == np.uint8
     np.testing.assert_array_equal(back, seg)
+    np.testing.assert_array_equal(labels_to_regions(back, convention), regions)
+
+
+@pytest.mark.parametrize("convention", sorted(LABEL_VALUES))
+def test_regions_to_labels_background_is_zero_and_a_region_is_not(convention: str) -> None:
+    empty = np.zeros((4, 5, 6, 3), bool)
+    labels = regions_to_labels(empty, convention)
+    assert labels.shape == (4, 5, 6) and labels.dtype == np.uint8 and not labels.any()
+    et = KNOWN_CONVENTIONS[convention][3]
+    for voxel_regions, expected in (((1, 0, 0), 2), ((1, 1, 0), 1), ((1, 1, 1), et)):
+        one = empty.copy()
+        one[1, 2, 3] = voxel_regions  # one tumour voxel in an otherwise empty volume
+        labels = regions_to_labels(one, convention)
+        assert labels[1, 2, 3] == expected and np.count_nonzero(labels) == 1, voxel_regions
 
 
 def test_regions_to_labels_is_hierarchical() -> None:
@@ -389,8 +425,7 @@ def test_save_nifti_keeps_geometry(tmp_path: pathlib.Path) -> None:
 
 @pytest.fixture(scope="module")
 def real_volume():
-    if not REAL_CASE.is_dir():
-        pytest.skip(f"real case not available at {REAL_CASE}")
+    require_real_data(REAL_CASE)  # skipped without the real case, failed under CI
     cases = find_cases(REAL_ROOT)
     return cases, load_case(cases[0])
 

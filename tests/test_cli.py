@@ -7,6 +7,7 @@ import pathlib
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import require_real_data
 
 from data_pipelines import brats, phantom
 
@@ -61,8 +62,8 @@ def test_eval_writes_every_output(trained, cli):
     assert list((out / "overlays").glob("*.png"))
 
 
-@pytest.mark.skipif(not REAL_CASE.is_dir(), reason="the shared real BraTS case is not present")
 def test_eval_predicts_a_real_unlabelled_case_on_its_own_grid(trained, tmp_path, cli):
+    require_real_data(REAL_CASE)
     cli(
         "run_eval.py",
         SMOKE,

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from data_pipelines import brats
 from data_pipelines import input_pipeline as ip
 
 N, S = 12, 8
@@ -121,7 +122,6 @@ def _write_case(root: Path, case_id: str, rng: np.random.Generator) -> None:
 
 
 def test_build_arrays_and_cache(tmp_path, monkeypatch):
-    brats = pytest.importorskip("data_pipelines.brats")
     rng = np.random.default_rng(0)
     for i in range(2):
         _write_case(tmp_path / "data", f"BraTS2021_{i:05d}", rng)

@@ -9,6 +9,8 @@ import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import jax
 import numpy as np
@@ -48,26 +50,51 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def _train(workdir: pathlib.Path, processes: int, devices: int, *extra_args: str) -> None:
-    """Runs run_train.py as `processes` processes of `devices` CPU devices each; waits for all."""
+def _train(
+    workdir: pathlib.Path, processes: int, devices: int, *extra_args: str, timeout: float = 600
+) -> None:
+    """Runs run_train.py as `processes` processes of `devices` CPU devices each; waits for all.
+
+    Output goes to files (a full pipe cannot stall a process). When one process fails the others, which
+    would wait for it in a collective, are killed at once; every process is killed on a timeout or any
+    other error, so none outlives the test.
+    """
     port = _free_port()
-    procs = []
-    for pid in range(processes):
-        env = _env(devices)
-        if processes > 1:
-            env.update(
-                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                JAX_NUM_PROCESSES=str(processes),
-                JAX_PROCESS_ID=str(pid),
-            )
-        cmd = [sys.executable, str(ROOT / "run_train.py"), *ARGS, f"--workdir={workdir}", *extra_args]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True))
-    errors = []
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=600)
-        if proc.returncode:
-            errors.append(stderr[-3000:])
-    assert not errors, "\n\n".join(errors)
+    log_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{workdir.name}-logs-", dir=workdir.parent))
+    procs: list[subprocess.Popen] = []
+    logs: list[pathlib.Path] = []
+    try:
+        for pid in range(processes):
+            env = _env(devices)
+            if processes > 1:
+                env.update(
+                    JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                    JAX_NUM_PROCESSES=str(processes),
+                    JAX_PROCESS_ID=str(pid),
+                )
+            cmd = [sys.executable, str(ROOT / "run_train.py"), *ARGS, f"--workdir={workdir}", *extra_args]
+            logs.append(log_dir / f"process{pid}.log")
+            with logs[-1].open("w") as log:  # the child keeps its own handle
+                procs.append(
+                    subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+                )
+        deadline = time.monotonic() + timeout
+        while True:
+            codes = [p.poll() for p in procs]  # every process polled (no short-circuit)
+            if all(c == 0 for c in codes) or any(codes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    errors = [
+        f"process {pid}: exit code {proc.returncode}\n{logs[pid].read_text(errors='replace')[-3000:]}"
+        for pid, proc in enumerate(procs)
+        if proc.returncode
+    ]
+    assert not errors, f"run_train.py failed or timed out ({timeout:.0f} s):\n\n" + "\n\n".join(errors)
 
 
 def _params(workdir: pathlib.Path, step: int):

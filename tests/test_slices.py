@@ -145,7 +145,6 @@ def _fake_case(seg: np.ndarray | None):
 
 
 def test_case_examples_shapes_and_targets():
-    pytest.importorskip("data_pipelines.brats")
     seg = np.zeros((20, 24, 12), np.uint8)
     seg[6:12, 8:14, 4:7] = 2
     seg[8:10, 10:12, 5] = 4

@@ -7,11 +7,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
-pytest.importorskip("data_pipelines.brats")
-tfds = pytest.importorskip("tensorflow_datasets")
-
-from data_pipelines.tfds_brats import BratsSlices  # noqa: E402
+from data_pipelines.tfds_brats import BratsSlices
 
 N_CASES = 6
 
