@@ -28,7 +28,7 @@ def maybe_initialize_distributed(environ=None) -> bool:
     """jax.distributed.initialize() when launched as one of several processes; True if it did.
 
     Plain launches give JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
-    JAX_PROCESS_ID per process (see README, "Backends, precision, multi-host"). On CPU the collectives use gloo.
+    JAX_PROCESS_ID per process (README, "Backends, precision, multi-host"). On CPU the collectives use gloo.
     """
     env = os.environ if environ is None else environ
     if jax.distributed.is_initialized():

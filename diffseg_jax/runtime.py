@@ -3,8 +3,8 @@
 `configure()` must run before JAX initialises a backend (the CLIs call it first thing; a notebook
 calls it in its first cell). It only *adds* settings: a flag already in XLA_FLAGS is never changed,
 and DIFFSEG_XLA_DEFAULTS=0 turns the flag defaults off (JAX's out-of-the-box behaviour).
-On CPU the defaults are what `bench/speed.py` measured fastest on our nets (docs/results.md, "Speed"): XLA's own
-settings on one device. Turning the cores into host devices (`DIFFSEG_CPU_DEVICES=<n>`, sharding the
+On CPU the defaults are what `bench/speed.py` measured fastest on our nets (docs/results.md, "Speed"): XLA's
+own settings on one device. Turning the cores into host devices (`DIFFSEG_CPU_DEVICES=<n>`, sharding the
 batch) and XLA:CPU's YNN fusion switch were both measured and neither was faster on 2 cores; they stay
 available for machines where they are.
 """

@@ -1,4 +1,4 @@
-"""The task layer: every config declares a known task, and every method's predict returns what its task says."""
+"""The task layer: every config declares a known task; every method's predict returns what its task says."""
 
 import importlib
 import pathlib

@@ -78,7 +78,10 @@ def prediction_to_labels(prob: np.ndarray, convention: str, target: str) -> np.n
 
 
 def case_metrics(labels: np.ndarray, volume: brats.CaseVolume, target: str) -> dict[str, dict[str, float]]:
-    """Per-region metrics of the written labels against the reference (WT = every tumour label, TC = necrotic core + enhancing, ET = enhancing)."""
+    """Per-region metrics of the written labels against the reference.
+
+    WT = every tumour label, TC = necrotic core + enhancing, ET = enhancing (`brats.labels_to_regions`).
+    """
     ref = brats.labels_to_regions(volume.seg, volume.convention)
     if target == "wt":
         pred = (labels > 0)[..., None]
