@@ -23,8 +23,13 @@ import pytest  # noqa: E402
 # inherit it), never to the user's cache.
 os.environ.setdefault("DIFFSEG_CACHE", tempfile.mkdtemp(prefix="diffseg-test-cache-"))
 
-# The same persistent compilation cache as the CLI subprocesses (under DIFFSEG_CACHE): a smoke program that
-# several tests (or a test and a subprocess) compile identically is compiled once.
+# A persistent compilation cache per xdist worker, shared with the CLI runs that worker starts (they inherit
+# JAX_COMPILATION_CACHE_DIR): a smoke program that several tests (or a test and its subprocess) compile
+# identically is compiled once. Not shared between workers: JAX writes cache entries in place, so a process
+# could read another's half-written entry.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(pathlib.Path(os.environ["DIFFSEG_CACHE"]) / f"xla-{_WORKER}")
+
 from diffseg_jax import runtime  # noqa: E402
 
 runtime.enable_compilation_cache()

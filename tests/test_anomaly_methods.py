@@ -45,7 +45,7 @@ def test_each_detector_reconstructs_at_the_input_shape_and_its_loss_falls(name):
     config = smoke_config(name)
     method = build_method(config)
     batch = blob_batch()
-    params = method.init(jax.random.PRNGKey(0), batch)
+    params = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
     opt = __import__("optax").adam(3e-3)
     state = opt.init(params)
 
@@ -62,7 +62,7 @@ def test_each_detector_reconstructs_at_the_input_shape_and_its_loss_falls(name):
         losses.append(float(loss))
     assert np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
-    recon = method.predict(params, batch["image"], jax.random.PRNGKey(2))["reconstruction"]
+    recon = jax.jit(method.predict)(params, batch["image"], jax.random.PRNGKey(2))["reconstruction"]
     assert recon.shape == batch["image"].shape
     assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
 

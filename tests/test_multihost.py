@@ -44,6 +44,7 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env["DIFFSEG_COMPILATION_CACHE"] = "0"  # two processes compiling at once must not share cache files
     kept = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG)]
     env["XLA_FLAGS"] = " ".join([*kept, f"{DEVICE_COUNT_FLAG}={devices}"])
     env.update(extra)

@@ -150,8 +150,10 @@ def test_loss_falls_when_overfitting_a_tiny_batch(config_module):
     keys = [jax.random.PRNGKey(100 + i) for i in range(8)]
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
 
+    loss = jax.jit(lambda params, key: method.loss(params, jbatch, key)[0])
+
     def mean_loss(params):  # same timesteps and noise before and after: a fair comparison
-        return float(np.mean([method.loss(params, jbatch, k)[0] for k in keys]))
+        return float(np.mean([loss(params, k) for k in keys]))
 
     before = mean_loss(state.params)
     step_fn = make_train_step(method, config, mesh)
@@ -225,21 +227,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         _assert_trees_close(getattr(kept, field), getattr(clean, field), 0, 0, field)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # lr 1e39 -> inf
-def test_overflowing_update_keeps_the_initial_state(tmp_path):
-    # 1e39 is above float32's largest value (3.4e38): the learning rate is inf. The first step's loss and
-    # gradients (at the initial parameters) are finite but its update is not, so the last good state is
-    # the initial one, step 0, which no regular checkpoint covers.
-    config = _unet_diverging(learning_rate=1e39, warmup_steps=0, checkpoint_every=1000)
-    with pytest.raises(TrainingDiverged, match=r"loss 1\.\d+\) at step 1; .*\(step 0\)"):
-        train_and_evaluate(config, tmp_path, progress=False)
-    kept, initial = _restore_state(config, tmp_path, 0)
-    assert int(kept.step) == 0
-    _assert_finite_state(kept)
-    for field in ("params", "ema_params", "opt_state"):
-        _assert_trees_close(getattr(kept, field), getattr(initial, field), 0, 0, field)
-
-
 def test_diverging_cli_run_ends_with_one_error_line_and_a_finite_checkpoint(tmp_path, cli):
     # With lr = 1e38 (finite in float32) the first update puts the parameters at ~1e38: their squared
     # global norm overflows, so train_step rejects that update and the last good state is step 0.
@@ -258,8 +245,10 @@ def test_diverging_cli_run_ends_with_one_error_line_and_a_finite_checkpoint(tmp_
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:"), result.stderr[-3000:]
     assert re.search(r"\bloss\b.* at step 1; .*\(step 0\)", last), last
-    kept, _ = _restore_state(_unet_diverging(learning_rate=1e38, warmup_steps=0), tmp_path, 0)
+    kept, initial = _restore_state(_unet_diverging(learning_rate=1e38, warmup_steps=0), tmp_path, 0)
     _assert_finite_state(kept)
+    for field in ("params", "ema_params", "opt_state"):  # the rejected update left nothing behind
+        _assert_trees_close(getattr(kept, field), getattr(initial, field), 0, 0, field)
 
 
 def test_sigterm_saves_the_step_reached_and_the_next_run_resumes_from_it(tmp_path):
@@ -267,7 +256,7 @@ def test_sigterm_saves_the_step_reached_and_the_next_run_resumes_from_it(tmp_pat
     args = [
         sys.executable,
         str(ROOT / "run_train.py"),
-        "--config=configs/btsegdiff.py:smoke",
+        "--config=configs/unet_baseline.py:smoke",  # the stop path is the same for every method
         f"--workdir={tmp_path}",
         "--config.train.steps=400",
         "--config.train.checkpoint_every=1000",  # no regular checkpoint: only the stop saves one
