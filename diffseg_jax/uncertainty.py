@@ -1,8 +1,11 @@
 """Stepwise uncertainty sampling (BTSegDiff): S Monte Carlo chains fused step by step.
 
-Per visited step t: X_t = mean over the S chains of the x0 estimates as probabilities,
+Per prediction step t = 1..T along the chain (T = K for DDIM-K, 1000 for the full DDPM chain; t = T is the
+last, least noisy estimate): X_t = mean over the S chains of the x0 estimates as probabilities,
 U_t = -X_t log X_t, w_t = exp(sigmoid(t / T)) * (1 - U_t); the result is sum_t w_t X_t / sum_t w_t.
-The sums live in the scan carry, so memory does not grow with the number of steps.
+Estimates closer to x0 are more accurate, so they weigh more (the paper's rationale; Diff-UNet's code uses
+(i + 1) / K with i counting sampling iterations forward). The sums live in the scan carry, so memory does
+not grow with the number of steps.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ def mask_to_prob(x0: jnp.ndarray) -> jnp.ndarray:
     return jnp.clip((x0 + 1.0) * 0.5, 0.0, 1.0)
 
 
-def step_weight(prob: jnp.ndarray, t: jnp.ndarray, num_train_steps: int):
-    """Returns (w_t, U_t) per voxel for the mean probability X_t at step t."""
+def step_weight(prob: jnp.ndarray, position: jnp.ndarray, num_positions: int):
+    """Returns (w_t, U_t) per voxel for the mean probability X_t at prediction step `position` of T."""
     entropy = -prob * jnp.log(jnp.clip(prob, _EPS, 1.0))
-    weight = jnp.exp(jax.nn.sigmoid(t / num_train_steps)) * (1.0 - entropy)
+    weight = jnp.exp(jax.nn.sigmoid(position / num_positions)) * (1.0 - entropy)
     return weight, entropy
 
 
@@ -48,11 +51,11 @@ def stepwise_uncertainty_sample(
     the plain mean of the chains' final estimates (`mean_prob`), all of `shape`.
     """
     batched_denoise = jax.vmap(denoise_fn, in_axes=(0, None))
-    num_train_steps = schedule.num_steps
+    num_positions = len(samplers.visited_steps(schedule, method, num_steps))
 
-    def accumulate(acc, x0, t):
+    def accumulate(acc, x0, position):
         prob = jnp.mean(mask_to_prob(x0), axis=0)
-        weight, entropy = step_weight(prob, t, num_train_steps)
+        weight, entropy = step_weight(prob, position, num_positions)
         return {
             "w": acc["w"] + weight,
             "wx": acc["wx"] + weight * prob,

@@ -3,17 +3,20 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from diffseg_jax import uncertainty
 from diffseg_jax.diffusion import samplers
 from diffseg_jax.diffusion.schedules import make_schedule
 
 
-def _hand_fusion(trajectory, steps, T):
-    """numpy: X_t = mean_S prob, U = -X log X, w = exp(sigmoid(t/T)) (1 - U), sum w X / sum w."""
+def _hand_fusion(trajectory):
+    """numpy: X_t = mean_S prob, U = -X log X, w = exp(sigmoid(t/K)) (1 - U) for t = 1..K along the chain."""
     probs = np.clip((np.asarray(trajectory) + 1) / 2, 0, 1).mean(axis=1)  # [K, ...]
+    k = probs.shape[0]
     u = -probs * np.log(np.clip(probs, 1e-6, 1))
-    w = np.exp(1 / (1 + np.exp(-np.asarray(steps) / T)))[:, None, None, None, None] * (1 - u)
+    t = np.arange(1, k + 1)
+    w = np.exp(1 / (1 + np.exp(-t / k)))[:, None, None, None, None] * (1 - u)
     return (w * probs).sum(0) / w.sum(0), (w * u).sum(0) / w.sum(0)
 
 
@@ -39,8 +42,7 @@ def test_weighting_matches_hand_computation():
         num_steps=num_steps,
         return_trajectory=True,
     )
-    steps = samplers.sampling_timesteps(100, num_steps)
-    prob, unc = _hand_fusion(reference["trajectory"], steps, 100)
+    prob, unc = _hand_fusion(reference["trajectory"])
     np.testing.assert_allclose(out["prob"], prob, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["uncertainty"], unc, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out["mask"], prob > 0.5)
@@ -48,13 +50,44 @@ def test_weighting_matches_hand_computation():
     assert np.std(np.asarray(reference["x0"]), axis=0).max() > 1e-3
 
 
-def test_weights_favour_confident_voxels_and_noisier_steps():
-    w_conf, _ = uncertainty.step_weight(jnp.array(1.0), jnp.array(10), 1000)
-    w_unsure, _ = uncertainty.step_weight(jnp.array(1 / np.e), jnp.array(10), 1000)
-    w_late, _ = uncertainty.step_weight(jnp.array(1.0), jnp.array(900), 1000)
+def test_weights_favour_confident_voxels_and_later_estimates():
+    w_conf, _ = uncertainty.step_weight(jnp.array(1.0), jnp.array(2), 10)
+    w_unsure, _ = uncertainty.step_weight(jnp.array(1 / np.e), jnp.array(2), 10)
+    w_last, _ = uncertainty.step_weight(jnp.array(1.0), jnp.array(10), 10)
     assert float(w_conf) > float(w_unsure)
-    assert float(w_late) > float(w_conf)
-    np.testing.assert_allclose(w_conf, np.exp(1 / (1 + np.exp(-0.01))), rtol=1e-6)
+    assert float(w_last) > float(w_conf)
+    np.testing.assert_allclose(w_conf, np.exp(1 / (1 + np.exp(-0.2))), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method, num_steps", [("ddim", 5), ("ddpm", None)])
+def test_later_estimates_of_the_chain_weigh_more(method, num_steps):
+    """Chains whose estimate is 0 at every step but the last (1) or only the first (1): with equally certain
+    estimates, the fused probability is the share of the weight, and the last estimate's share is larger."""
+    schedule = make_schedule("linear", 20)
+    k = len(samplers.visited_steps(schedule, method, num_steps))
+    first_step = int(samplers.visited_steps(schedule, method, num_steps)[0])
+
+    def fused(one_at):
+        def denoise(x_t, t):  # x0 in {-1, 1}: probabilities 0 or 1, entropy 0, weight exp(sigmoid(t/K))
+            return jnp.where(t == one_at, 1.0, -1.0) * jnp.ones_like(x_t)
+
+        out = uncertainty.stepwise_uncertainty_sample(
+            denoise,
+            schedule,
+            "x0",
+            (1, 2, 2, 1),
+            jax.random.PRNGKey(0),
+            num_samples=2,
+            method=method,
+            num_steps=num_steps,
+        )
+        return float(out["prob"].mean())
+
+    weights = np.exp(1 / (1 + np.exp(-np.arange(1, k + 1) / k)))
+    last, first = fused(0), fused(first_step)
+    assert last > first
+    np.testing.assert_allclose(last, weights[-1] / weights.sum(), rtol=1e-5)
+    np.testing.assert_allclose(first, weights[0] / weights.sum(), rtol=1e-5)
 
 
 def test_memory_does_not_depend_on_number_of_steps():

@@ -1,8 +1,8 @@
 """DDPM and DDIM samplers as one `lax.scan`, with an accumulator carried across steps.
 
 The network is a `denoise_fn(x_t, t) -> output` closure (t a scalar step) so the sampler knows nothing of
-conditioning. Per-step x0 estimates are handed to `accumulate(acc, x0_hat, t)`, whose state lives in the scan
-carry: memory stays constant in the number of steps. The stacked trajectory is only returned on request.
+conditioning. Per-step x0 estimates are handed to `accumulate(acc, x0_hat, position)`, position = 1..K counting the
+visited steps from the noisiest (1) to the last estimate (K); its state lives in the scan carry: memory stays constant in the number of steps. The stacked trajectory is only returned on request.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def sampling_timesteps(num_train_steps: int, num_sample_steps: int | None) -> np
         raise ValueError(f"number of sampling steps must be >= 1, got {num_sample_steps}")
     steps = np.linspace(num_train_steps - 1, 0, num_sample_steps).round().astype(np.int32)
     return np.unique(steps)[::-1].copy()
+
+
+def visited_steps(schedule: Schedule, method: str, num_steps: int | None) -> np.ndarray:
+    """The descending steps `sample` visits: every step for 'ddpm', K for 'ddim'."""
+    _check_method(method)
+    return sampling_timesteps(schedule.num_steps, None if method == "ddpm" else num_steps)
 
 
 def _x0_and_eps(schedule, parameterization, x_t, t, out, clip):
@@ -77,8 +83,7 @@ def sample(
     Returns {"x0": final x0 estimate, "acc": accumulator, "trajectory": [K, *shape] x0 estimates or None}.
     `method` is 'ddpm' (ancestral, visits every step; num_steps is ignored) or 'ddim' (K steps, eta).
     """
-    _check_method(method)
-    steps = sampling_timesteps(schedule.num_steps, None if method == "ddpm" else num_steps)
+    steps = visited_steps(schedule, method, num_steps)
     init_key, loop_key = jax.random.split(key)
     x_init = jax.random.normal(init_key, shape, jnp.float32)
     return _run_chain(
@@ -149,7 +154,7 @@ def _run_chain(
 
     def body(carry, xs):
         x_t, acc, _ = carry
-        t, t_prev, step_key = xs
+        t, t_prev, position, step_key = xs
         out = denoise_fn(x_t, t)
         x0, eps = _x0_and_eps(schedule, parameterization, x_t, t, out, clip)
         if method == "ddpm":
@@ -157,10 +162,11 @@ def _run_chain(
         else:
             x_next = ddim_step(schedule, x0, eps, t, t_prev, step_key, eta)
         if accumulate is not None:
-            acc = accumulate(acc, x0, t)
+            acc = accumulate(acc, x0, position)
         return (x_next, acc, x0), (x0 if return_trajectory else None)
 
     init = (x_init, acc_init, jnp.zeros(shape, jnp.float32))
-    xs = (jnp.asarray(steps), jnp.asarray(prev), keys)
+    positions = jnp.arange(1, len(steps) + 1, dtype=jnp.int32)
+    xs = (jnp.asarray(steps), jnp.asarray(prev), positions, keys)
     (_, acc, x0_last), trajectory = jax.lax.scan(body, init, xs)
     return {"x0": x0_last, "acc": acc, "trajectory": trajectory}
