@@ -135,3 +135,22 @@ def test_timestep_power_skews_training_steps_towards_high_noise_and_power_one_is
     assert abs(np.mean(skewed >= 500) - 0.75) < 0.02  # P(t >= T/2) = 1 - 2^-power
     with pytest.raises(ValueError, match="power"):
         process.sample_timesteps(key, 4, 1000, power=0.0)
+
+
+def test_clipped_x0_term_stays_bounded_for_eps_prediction_at_high_noise():
+    """An eps error of 0.1 at t = 999 is an x0 error of ~16 unclipped; clipped to [-1, 1] it is at most 2."""
+    schedule = make_schedule("linear", 1000)
+    key_x, key_n = jax.random.split(jax.random.PRNGKey(0))
+    x0 = jnp.sign(jax.random.normal(key_x, (2, 8, 8, 1)))
+    noise = jax.random.normal(key_n, x0.shape)
+    t = jnp.array([999, 10])
+    x_t = process.q_sample(schedule, x0, t, noise)
+    eps_hat = noise + 0.1
+    raw = process.diffusion_losses(schedule, "eps", x_t, t, eps_hat, x0, noise)
+    clipped = process.diffusion_losses(schedule, "eps", x_t, t, eps_hat, x0, noise, x0_clip=True)
+    assert float(raw["x0_mse"][0]) > 200.0
+    assert float(clipped["x0_mse"][0]) <= 4.0
+    # Clipping towards the data range never adds error; at low noise both are tiny.
+    assert np.all(np.asarray(clipped["x0_mse"]) <= np.asarray(raw["x0_mse"]) + 1e-7)
+    assert float(raw["x0_mse"][1]) < 1e-3
+    np.testing.assert_allclose(clipped["noise_mse"], raw["noise_mse"])

@@ -80,17 +80,22 @@ def diffusion_losses(
     x0: jnp.ndarray,
     noise: jnp.ndarray,
     min_snr_gamma: float = 5.0,
+    x0_clip: bool = False,
 ) -> dict[str, jnp.ndarray]:
     """Per-example noise MSE and x0 MSE for either parameterisation.
 
     For eps-prediction the noise MSE is the plain ||eps - eps_hat||^2 (DDPM). For x0-prediction the noise
     error equals SNR(t) times the x0 error, which explodes at small t; it is weighted by
     min(1, gamma / SNR(t)) (min-SNR-gamma, Hang et al. 2023) so that neither term dominates.
+    With eps-prediction the x0 error is the eps error over sqrt(SNR(t)) (x 156 at t = 999 of the linear
+    schedule); `x0_clip` measures it on x0_hat clipped to the data range [-1, 1], as guided diffusion's
+    samplers clip it, which bounds the term by 4 per pixel.
     """
     x0_hat, eps_hat = split_prediction(schedule, parameterization, x_t, t, out)
     axes = tuple(range(1, x0.ndim))
     noise_mse = jnp.mean((eps_hat - noise) ** 2, axis=axes)
     if parameterization == "x0":
         noise_mse = noise_mse * jnp.minimum(1.0, min_snr_gamma / schedule.snr[t])
-    x0_mse = jnp.mean((x0_hat - x0) ** 2, axis=axes)
+    x0_for_loss = jnp.clip(x0_hat, -1.0, 1.0) if x0_clip else x0_hat
+    x0_mse = jnp.mean((x0_for_loss - x0) ** 2, axis=axes)
     return {"noise_mse": noise_mse, "x0_mse": x0_mse, "x0_hat": x0_hat}

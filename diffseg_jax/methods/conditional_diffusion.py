@@ -69,7 +69,15 @@ def build_conditional_diffusion(
             mutable=["intermediates"],
         )
         terms = process.diffusion_losses(
-            schedule, d.parameterization, x_t, t, link(raw), x0, noise, d.min_snr_gamma
+            schedule,
+            d.parameterization,
+            x_t,
+            t,
+            link(raw),
+            x0,
+            noise,
+            d.min_snr_gamma,
+            config.loss.get("x0_clip", False),
         )
         noise_mse, x0_mse = jnp.mean(terms["noise_mse"]), jnp.mean(terms["x0_mse"])
         total = config.loss.noise_weight * noise_mse + config.loss.x0_weight * x0_mse
