@@ -8,6 +8,8 @@ Presets (`--config=configs/medsegdiff_v1.py:smoke`, default, `:paper`):
 - paper: MedSegDiff's public recipe (its README and train script): 256 px, T = 1000 linear betas,
   eps-prediction, AdamW lr 1e-4, batch 8, EMA 0.9999, ~100k steps; 1000 ancestral DDPM steps x 5
   samples fused by the mean.
+Dynamic conditional encoding (and its FF-Parser) at `model.dce_levels`: 'middle' (the paper's middle two
+stages) in `paper`, 'all' levels in the CPU demo and smoke presets, or indices such as '1,2'.
 Ablation: `--config.model.ff_parser=False` removes the FF-Parser.
 """
 
@@ -20,6 +22,7 @@ def get_config(arg: str | None = None):
     c.method = "medsegdiff_v1"
     c.model = unet_model_config(preset)
     c.model.ff_parser = True
+    c.model.dce_levels = "middle" if preset == "paper" else "all"
     add_diffusion(c, preset)
     c.sampling.fusion = "mean"
     if preset != "smoke":

@@ -47,8 +47,8 @@ def stepwise_uncertainty_sample(
     """Samples S chains at once (a leading vmap axis) and fuses them with the stepwise weights.
 
     `denoise_fn(x_t, t)` takes one chain's batch `shape`; it is vmapped over the S chains, so condition
-    features closed over in it are shared. Returns prob, mask, uncertainty (weighted mean of U_t) and
-    the plain mean of the chains' final estimates (`mean_prob`), all of `shape`.
+    features closed over in it are shared. Returns prob, mask, uncertainty (weighted mean of U_t), all of
+    `shape`, and the chains' final estimates as probabilities (`chains`, [S, *shape]) for other fusions.
     """
     batched_denoise = jax.vmap(denoise_fn, in_axes=(0, None))
     num_positions = len(samplers.visited_steps(schedule, method, num_steps))
@@ -81,5 +81,5 @@ def stepwise_uncertainty_sample(
         "prob": prob,
         "mask": prob > threshold,
         "uncertainty": acc["wu"] / acc["w"],
-        "mean_prob": jnp.mean(mask_to_prob(result["x0"]), axis=0),
+        "chains": mask_to_prob(result["x0"]),
     }

@@ -47,8 +47,34 @@ def test_dynamic_conditional_encoding_equals_formula():
     )
     ln_img = _layer_norm(m_img, p["LayerNorm_0"]["scale"], p["LayerNorm_0"]["bias"])
     ln_x = _layer_norm(parsed, p["LayerNorm_1"]["scale"], p["LayerNorm_1"]["bias"])
-    expected = m_x + ln_img * ln_x * m_img
+    expected = parsed + ln_img * ln_x * m_img
     np.testing.assert_allclose(module.apply({"params": params}, m_x, m_img), expected, atol=1e-4)
+    # Without a condition, the next layer receives exactly the FF-Parser's filtered features.
+    alone = module.apply({"params": params}, m_x, np.zeros_like(m_img))
+    np.testing.assert_allclose(alone, parsed, atol=1e-5)
+    assert not np.allclose(alone, m_x, atol=1e-2)
+
+
+def test_dce_levels_middle_fuses_only_the_middle_two_stages():
+    config = v1_config.get_config("smoke")
+    config.model.multipliers = (1, 2, 2, 2)
+    config.model.attention_levels = ()
+    batch = {"image": jnp.ones((1, 16, 16, 4)), "label": jnp.zeros((1, 16, 16, 3))}
+    config.model.dce_levels = "all"
+    every = build_method(config).init(jax.random.PRNGKey(0), batch)
+    config.model.dce_levels = "middle"
+    middle = build_method(config).init(jax.random.PRNGKey(0), batch)
+    assert sorted(k for k in every if k.startswith("fusions_")) == [f"fusions_{i}" for i in range(4)]
+    assert sorted(k for k in middle if k.startswith("fusions_")) == ["fusions_0", "fusions_1"]
+    # The condition encoder stops at the deepest fused level (2 of 0..3).
+    assert "cond_levels_3" in every and "cond_levels_3" not in middle and "cond_levels_2" in middle
+    config.model.dce_levels = "1,2"
+    explicit = build_method(config).init(jax.random.PRNGKey(0), batch)
+    assert jax.tree.structure(explicit) == jax.tree.structure(middle)
+    assert v1_config.get_config("paper").model.dce_levels == "middle"
+    config.model.dce_levels = "centre"
+    with pytest.raises(ValueError, match="dce_levels"):
+        build_method(config)
 
 
 def test_gaussian_kernel_is_normalised_centred_on_its_mean_and_widens_with_sigma():
@@ -183,11 +209,12 @@ def test_mean_fusion_switch_fuses_the_same_chains_differently():
     batch = {"image": images, "label": jnp.zeros((2, 32, 32, 3))}
     params = _perturbed(build_method(config).init(jax.random.PRNGKey(0), batch), 0.1)
     outs = {}
-    for fusion in ("mean", "stepwise"):
+    for fusion in ("mean", "stepwise", "staple"):
         config.sampling.fusion = fusion
         outs[fusion] = build_method(config).predict(params, images, jax.random.PRNGKey(3))
     np.testing.assert_allclose(outs["mean"]["uncertainty"], outs["stepwise"]["uncertainty"], atol=1e-6)
     assert not np.allclose(outs["mean"]["prob"], outs["stepwise"]["prob"], atol=1e-4)
+    assert not np.allclose(outs["mean"]["prob"], outs["staple"]["prob"], atol=1e-4)
     config.sampling.fusion = "median"
     with pytest.raises(ValueError, match="sampling.fusion"):
         build_method(config)

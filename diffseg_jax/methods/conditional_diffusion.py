@@ -8,7 +8,8 @@ of the pixels. With x0-prediction the network's raw output r is the mask's logit
 the overlap terms push the background below -1 against the MSE and training becomes unstable.
 A method may add a loss on the network's recorded intermediates (MedSegDiff-V2's condition model). Masks are
 diffused in [-1, 1]. Prediction: S chains as a vmap axis with the condition computed once per image, fused by
-`sampling.fusion`: 'stepwise' (BTSegDiff's stepwise uncertainty) or 'mean' (MedSegDiff's ensemble mean).
+`sampling.fusion`: 'stepwise' (BTSegDiff's stepwise uncertainty), or the chains' final estimates fused by
+'mean' or 'staple' (MedSegDiff's public sampler; `ensemble.py`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from diffseg_jax import uncertainty
+from diffseg_jax import ensemble, uncertainty
 from diffseg_jax.diffusion import process
 from diffseg_jax.diffusion.schedules import make_schedule
 from diffseg_jax.methods.base import Method, model_apply, num_outputs, soft_dice_loss
 
-FUSIONS = ("stepwise", "mean")
+FUSIONS = ("stepwise",) + tuple(ensemble.FUSIONS)
 
 # (intermediates, batch, t) -> (loss, metrics)
 ExtraLoss = Callable[[Any, dict[str, jnp.ndarray], jnp.ndarray], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
@@ -117,7 +118,7 @@ def build_conditional_diffusion(
             num_steps=s.num_steps,
             eta=s.eta,
         )
-        prob = out["prob"] if s.fusion == "stepwise" else out["mean_prob"]
+        prob = out["prob"] if s.fusion == "stepwise" else ensemble.FUSIONS[s.fusion](out["chains"])
         return {"prob": prob, "uncertainty": out["uncertainty"]}
 
     return Method(name, init, loss, predict)

@@ -1,9 +1,11 @@
-"""Two-encoder conditional denoiser: EC on the sequences, EU on the noisy mask, fused at every level.
+"""Two-encoder conditional denoiser: EC on the sequences, EU on the noisy mask, fused level by level.
 
 BTSegDiff and MedSegDiff-V1 share this shape and differ in the per-level fusion (`models/fusion.py`):
-the fused feature continues down EU and is the decoder's skip (decoder with attention and skips). EC
-does not depend on the step or the noisy mask, so its features are computed once per image
-(`encode_condition`) and reused at every sampling step and sample.
+the fused feature continues down EU and is the decoder's skip (decoder with attention and skips).
+`fusion_levels` names the levels that fuse (None: every level; MedSegDiff-V1's paper: the middle two);
+elsewhere EU's own features go on, and EC stops at the deepest fused level. EC does not depend on the
+step or the noisy mask, so its features are computed once per image (`encode_condition`) and reused at
+every sampling step and sample.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class DualEncoderNet(UNetShape):
 
     fusion: str = "btsegdiff"
     fourier: bool = True
+    fusion_levels: tuple[int, ...] | None = None
 
     def setup(self):
         feats = level_features(self.base_features, self.multipliers)
@@ -43,7 +46,8 @@ class DualEncoderNet(UNetShape):
         self.noisy_down = [Downsample(feats[i + 1]) for i in range(last)]
         if self.fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {self.fusion!r}; expected one of {sorted(FUSIONS)}")
-        self.fusions = [FUSIONS[self.fusion](self.fourier) for _ in feats]
+        self.fused = fused_levels(self.fusion_levels, len(feats))
+        self.fusions = [FUSIONS[self.fusion](self.fourier) for _ in self.fused]
         self.bottleneck = Bottleneck(feats[-1], self.dropout, self.remat)
         self.decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout, self.remat)
 
@@ -52,10 +56,10 @@ class DualEncoderNet(UNetShape):
         check_divisible(image.shape[1], len(self.multipliers))
         h = self.cond_in(image)
         features = []
-        for level, block in enumerate(self.cond_levels):
-            h = block(h, None, train)
+        for level in range(max(self.fused) + 1):
+            h = self.cond_levels[level](h, None, train)
             features.append(h)
-            if level < len(self.cond_down):
+            if level < max(self.fused):
                 h = self.cond_down[level](h)
         return tuple(features)
 
@@ -71,8 +75,9 @@ class DualEncoderNet(UNetShape):
         h = self.noisy_in(x_t)
         skips = []
         for level, block in enumerate(self.noisy_levels):
-            m_xt = block(h, temb, train)
-            h = self.fusions[level](m_xt, cond[level])
+            h = block(h, temb, train)
+            if level in self.fused:
+                h = self.fusions[self.fused.index(level)](h, cond[level])
             skips.append(h)
             if level < len(self.noisy_down):
                 h = self.noisy_down[level](h)
@@ -83,3 +88,18 @@ class DualEncoderNet(UNetShape):
         self, x_t: jnp.ndarray, t: jnp.ndarray, image: jnp.ndarray, train: bool = False
     ) -> jnp.ndarray:
         return self.denoise(x_t, t, self.encode_condition(image, train), train)
+
+
+def fused_levels(levels: Sequence[int] | None, num_levels: int) -> tuple[int, ...]:
+    """The sorted levels that fuse; None means every level. Out-of-range or no levels is an error."""
+    chosen = tuple(range(num_levels)) if levels is None else tuple(sorted(set(int(i) for i in levels)))
+    if not chosen or chosen[0] < 0 or chosen[-1] >= num_levels:
+        raise ValueError(f"fusion levels {levels!r} must be a non-empty subset of 0..{num_levels - 1}")
+    return chosen
+
+
+def middle_levels(num_levels: int) -> tuple[int, ...]:
+    """The middle two of the encoder's levels (MedSegDiff-V1 fuses there): 1, 2 of 4; 2, 3 of 6."""
+    if num_levels < 2:
+        return tuple(range(num_levels))
+    return (num_levels // 2 - 1, num_levels // 2)

@@ -26,11 +26,12 @@ class BTSegDiffGuidance(nn.Module):
 
 
 class DynamicConditionalEncoding(nn.Module):
-    """MedSegDiff-V1: affine map LN(m_I) * LN(FF(m_x)) multiplied into m_I, added to m_x.
+    """MedSegDiff-V1: m' = FF(m_x) continues, plus the affine map LN(m_I) * LN(m') multiplied into m_I.
 
-    The FF-Parser acts on the noisy features before they meet the condition (the paper: it damps their
-    high-frequency noise); the layer norms make the product independent of the parser's small init.
-    The public code defines this affine-map fusion but never calls it; here it is the fusion.
+    The FF-Parser filters the noisy features before they meet the condition (the paper: it damps their
+    high-frequency noise), and the filtered features are the ones that go on down the encoder; the layer
+    norms make the affine map independent of the parser's small init. The public code defines this
+    affine-map fusion but never calls it; here it is the fusion.
     """
 
     ff_parser: bool = True
@@ -39,7 +40,7 @@ class DynamicConditionalEncoding(nn.Module):
     def __call__(self, m_x: jnp.ndarray, m_image: jnp.ndarray) -> jnp.ndarray:
         parsed = FFParser()(m_x) if self.ff_parser else m_x
         affine = feature_layer_norm()(m_image) * feature_layer_norm()(parsed)
-        return m_x + affine * m_image
+        return parsed + affine * m_image
 
 
 FUSIONS = {"btsegdiff": BTSegDiffGuidance, "medsegdiff_v1": DynamicConditionalEncoding}
