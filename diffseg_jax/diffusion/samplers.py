@@ -1,8 +1,9 @@
 """DDPM and DDIM samplers as one `lax.scan`, with an accumulator carried across steps.
 
 The network is a `denoise_fn(x_t, t) -> output` closure (t a scalar step) so the sampler knows nothing of
-conditioning. Per-step x0 estimates are handed to `accumulate(acc, x0_hat, position)`, position = 1..K counting the
-visited steps from the noisiest (1) to the last estimate (K); its state lives in the scan carry: memory stays constant in the number of steps. The stacked trajectory is only returned on request.
+conditioning. Per-step x0 estimates are handed to `accumulate(acc, x0_hat, position)`, position = 1..K
+counting the visited steps from the noisiest (1) to the last estimate (K); its state lives in the scan
+carry: memory stays constant in the number of steps. The stacked trajectory is only returned on request.
 """
 
 from __future__ import annotations
