@@ -19,6 +19,9 @@ def get_config(arg: str | None = None):
     c.method = "shaspec"
     c.model = unet_model_config(preset)
     c.model.encoder_features = 0  # level-0 width of the shared and specific encoders; 0 -> base_features // 2
+    # 'bottom': shared and specific features fused once before the decoder, a missing sequence's feature the
+    # mean of the available shared ones (the paper); 'every_level': fused at every level
+    c.model.fuse_at = "bottom"
 
     c.loss = lo = ml_collections.ConfigDict()
     lo.dao_weight = 0.1  # L1 between the shared features of available sequence pairs

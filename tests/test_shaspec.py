@@ -84,10 +84,29 @@ def test_impute_shared_is_mean_of_available_per_example():
             np.testing.assert_allclose(out[b, m], expected, rtol=1e-6, atol=1e-6)
 
 
-def test_missing_sequence_path_does_not_reach_the_output():
+def test_missing_sequence_feature_is_the_mean_of_the_available_shared_features():
+    """The paper's fusion: a missing sequence's deepest feature is the available shared mean, unprojected."""
+    config = _config()
+    config.model.multipliers = (1, 2)
+    net = ShaSpecUNet(**unet_kwargs(config), fuse_at="bottom")
+    images, _ = _blobs(2, seed=2)
+    images[..., 1] = 0.0
+    params = jax.jit(net.init)(jax.random.PRNGKey(0), jnp.asarray(images))["params"]
+    assert "fuse" in params and "fuse_0" not in params  # one fusion, at the bottom
+    _, aux = net.apply({"params": params}, jnp.asarray(images), return_aux=True)
+    shared, fused = np.asarray(aux["shared"]), np.asarray(aux["fused"])
+    np.testing.assert_allclose(fused[:, 1], shared[:, [0, 2, 3]].mean(axis=1), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fused[:, 0], shared[:, 0], atol=1e-4)  # available: shared + composed residual
+    every = ShaSpecUNet(**unet_kwargs(config), fuse_at="every_level")
+    params_every = jax.jit(every.init)(jax.random.PRNGKey(0), jnp.asarray(images))["params"]
+    assert {"fuse_0", "fuse_1"} <= set(params_every)
+
+
+@pytest.mark.parametrize("fuse_at", ["bottom", "every_level"])
+def test_missing_sequence_path_does_not_reach_the_output(fuse_at):
     # perturb the params (at init the zero-initialised ResBlock convs make the net nearly linear)
     config = _config()
-    net = ShaSpecUNet(**unet_kwargs(config))
+    net = ShaSpecUNet(**unet_kwargs(config), fuse_at=fuse_at)
     images, _ = _blobs(2, seed=1)
     missing = 2  # t2
     images[..., missing] = 0.0

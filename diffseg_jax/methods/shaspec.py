@@ -38,7 +38,11 @@ def dco_loss(modality_logits: jnp.ndarray, available: jnp.ndarray) -> jnp.ndarra
 
 
 def build(config: ml_collections.ConfigDict) -> Method:
-    model = ShaSpecUNet(**unet_kwargs(config), encoder_features=config.model.get("encoder_features", 0))
+    model = ShaSpecUNet(
+        **unet_kwargs(config),
+        encoder_features=config.model.get("encoder_features", 0),
+        fuse_at=config.model.get("fuse_at", "bottom"),
+    )
     apply = model_apply(model, config)
     dao_weight = config.loss.get("dao_weight", 0.1)
     dco_weight = config.loss.get("dco_weight", 0.02)

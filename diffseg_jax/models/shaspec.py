@@ -3,12 +3,14 @@
 Every sequence x_m [B,H,W,1] goes through one SHARED encoder (same weights for all four: the modality is
 folded into the batch) and its own SPECIFIC encoder (four modules, `specific_encoder_<k>`),
 both at `encoder_features` width (default base_features // 2, so the model stays near the U-Net's size).
-A missing sequence (all-zero channel) gets, at every level, the mean of the available sequences' shared
-features (the paper's imputation) and a zero specific feature: the paper defines no specific imputation,
-and zeroing keeps the missing channel's whole encoder path out of the output. Per level and sequence,
-f_m = sh_m + Conv1x1([sh_m; sp_m]) (one projection for all sequences); the four f_m are concatenated in
-MODALITIES order and projected by a 1x1 conv (concatenation, not a mean, keeps which sequence said what)
-into the skip of the project's Bottleneck + Decoder.
+
+`fuse_at` = 'bottom' (the paper): shared and specific features meet once, at the deepest level, as
+f_m = sh_m + Conv1x1([sh_m; sp_m]) (one projection for all sequences); a missing sequence's f_m IS the mean
+of the available sequences' shared features. The four f_m are concatenated in MODALITIES order and
+projected (1x1) into the bottleneck; the decoder's skips are the shared features of each level, the missing
+ones replaced by the available mean, concatenated and projected the same way.
+`fuse_at` = 'every_level': the fusion above at every level, a missing sequence getting the mean shared
+feature and a zero specific one inside it (f_m = mean + Conv1x1([mean; 0])).
 """
 
 from __future__ import annotations
@@ -66,11 +68,13 @@ class SequenceEncoder(nn.Module):
 class ShaSpecUNet(UNetShape):
     """image [B,H,W,M] -> logits [B,H,W,out]; with `return_aux` also the features the ShaSpec losses need.
 
-    aux = {"shared": deepest shared features before imputation [B,M,h,w,c], "modality_logits": the
-    classifier of the deepest specific features [B,M,M], "available": [B,M] bool}.
+    aux = {"shared": deepest shared features before imputation [B,M,h,w,c], "fused": the deepest fused
+    features [B,M,h,w,c], "modality_logits": the classifier of the deepest specific features [B,M,M],
+    "available": [B,M] bool}.
     """
 
     encoder_features: int = 0  # level-0 width of the shared and the specific encoders; 0 -> base // 2
+    fuse_at: str = "bottom"  # 'bottom' (the paper) or 'every_level'
 
     @nn.compact
     def __call__(
@@ -102,14 +106,26 @@ class ShaSpecUNet(UNetShape):
         ]
         specific = [jnp.stack(levels, axis=1) for levels in zip(*per_sequence, strict=True)]  # [B,M,h,w,c]
 
+        if self.fuse_at not in ("bottom", "every_level"):
+            raise ValueError(f"unknown fuse_at {self.fuse_at!r}; expected 'bottom' or 'every_level'")
         keep = available.reshape((b, num_mod, 1, 1, 1))
+        bottom = len(feats) - 1
         skips = []
         for level, (sh, sp) in enumerate(zip(shared, specific, strict=True)):
-            sh = impute_shared(sh, available)
-            sp = jnp.where(keep, sp, 0.0)
-            fused = sh + nn.Conv(sh.shape[-1], (1, 1), name=f"fuse_{level}")(jnp.concatenate([sh, sp], -1))
-            fused = jnp.moveaxis(fused, 1, -2).reshape(fused.shape[:1] + fused.shape[2:4] + (-1,))
-            skips.append(nn.Conv(feats[level], (1, 1), name=f"combine_{level}")(fused))
+            imputed = impute_shared(sh, available)
+            if self.fuse_at == "every_level":
+                fused = imputed + nn.Conv(sh.shape[-1], (1, 1), name=f"fuse_{level}")(
+                    jnp.concatenate([imputed, jnp.where(keep, sp, 0.0)], -1)
+                )
+            elif level == bottom:
+                composed = sh + nn.Conv(sh.shape[-1], (1, 1), name="fuse")(jnp.concatenate([sh, sp], -1))
+                fused = jnp.where(keep, composed, imputed)
+            else:
+                fused = imputed
+            if level == bottom:
+                bottom_fused = fused
+            stacked = jnp.moveaxis(fused, 1, -2).reshape(fused.shape[:1] + fused.shape[2:4] + (-1,))
+            skips.append(nn.Conv(feats[level], (1, 1), name=f"combine_{level}")(stacked))
 
         h = Bottleneck(feats[-1], self.dropout, self.remat)(skips[-1], None, train)
         attn = tuple(self.attention_levels)
@@ -120,4 +136,5 @@ class ShaSpecUNet(UNetShape):
         modality_logits = nn.Dense(num_mod, name="modality_classifier")(pooled)
         if not return_aux:
             return logits
-        return logits, {"shared": shared[-1], "modality_logits": modality_logits, "available": available}
+        aux = {"shared": shared[-1], "fused": bottom_fused, "modality_logits": modality_logits}
+        return logits, aux | {"available": available}
