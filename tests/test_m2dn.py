@@ -11,7 +11,7 @@ from diffseg_jax.diffusion.schedules import make_schedule
 from diffseg_jax.methods import m2dn
 from diffseg_jax.methods.base import unet_kwargs
 from diffseg_jax.methods.registry import build_method
-from diffseg_jax.models.m2dn import M2DNNet
+from diffseg_jax.models.m2dn import M2DNNet, ModalityEncoder, SqueezeExcitation
 from diffseg_jax.tasks import synthesis
 
 SIZE = 16
@@ -80,7 +80,24 @@ def test_availability_code_changes_the_output(method_and_params):
     # the bottleneck concatenation alone (code embedding into the time vector switched off) also reaches it
     no_temb = {**params, "code_embedding": jax.tree.map(jnp.zeros_like, params["code_embedding"])}
     assert gap(no_temb) > 1e-3
-    assert len([k for k in params if k.startswith("stem_")]) == 4  # one encoder per sequence
+    assert len([k for k in params if k.startswith("encoder_")]) == 4  # one encoder per sequence
+
+
+def test_sequence_encoders_are_strided_conv_groupnorm_relu_then_squeeze_excitation(method_and_params):
+    _, _, params = method_and_params
+    encoder = params["encoder_0"]
+    assert set(encoder) == {"Conv_0", "GroupNorm_0"}
+    x = jax.random.normal(jax.random.PRNGKey(4), (2, SIZE, SIZE, 1))
+    out = ModalityEncoder(encoder["Conv_0"]["kernel"].shape[-1]).apply({"params": encoder}, x)
+    assert out.shape[1:3] == (SIZE // 2, SIZE // 2) and float(out.min()) >= 0.0  # stride 2, ReLU
+    # The SE block: one gate per channel from the pooled map, as the numpy formula says.
+    se = params["channel_attention"]
+    feats = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (2, 8, 8, se["excite"]["kernel"].shape[-1])))
+    pooled = feats.mean(axis=(1, 2))
+    hidden = np.maximum(pooled @ se["squeeze"]["kernel"] + se["squeeze"]["bias"], 0.0)
+    gate = 1 / (1 + np.exp(-(hidden @ se["excite"]["kernel"] + se["excite"]["bias"])))
+    got = SqueezeExcitation().apply({"params": se}, jnp.asarray(feats))
+    np.testing.assert_allclose(got, feats * gate[:, None, None, :], rtol=1e-5, atol=1e-6)
 
 
 def test_training_patterns_are_proper_and_cover_all_fourteen():
