@@ -2,7 +2,8 @@
 
 Variants (`:<preset>,<variant>`, e.g. `:default,unified`): `single` (one sequence, T2 unless
 `--config.data.sequences=t1`), `unified` (T1 and T2, one model), and the ablation `masking` (masking only)
-and `mam` (masking + MAM, no dual loss).
+and `mam` (masking + MAM, no dual loss). The dual-domain loss adds the network's amplitude head (A_rec).
+`anomaly.uma_mask_fraction`: the share of training examples masked (paper preset 1: every one; default 0.5).
 """
 
 from diffseg_jax.config_defaults import anomaly_config

@@ -212,6 +212,7 @@ def anomaly_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     a.uma_half_width = 4  # frequency box kept out (our choice; the paper does not give it)
     a.uma_patch = 8
     a.uma_ratio = 0.25
+    a.uma_mask_fraction = 0.5  # examples masked per batch (the paper: 1, every example; set in `paper`)
     a.dual_loss = False
     a.freq_weight = 1.0  # alpha
     a.pixel_weight = 1.0  # beta
@@ -249,5 +250,6 @@ def anomaly_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
         d.grid = (96, 96, 50)
         d.image_size = 96
         a.patch_size = a.patch_stride = 48
+        a.uma_mask_fraction = 1.0
         c.sampling.method = "ddpm"
     return c

@@ -4,6 +4,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -418,3 +419,18 @@ def test_ssim_equals_explicit_gaussian_windows():
             vals.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
     assert metrics.ssim(x, y, data_range=1.0) == pytest.approx(np.mean(vals), rel=1e-10)
     assert metrics.ssim(x, y, data_range=1.0) < 0.9
+
+
+def test_the_threshold_is_applied_by_the_rule_it_was_chosen_by():
+    """best_threshold picks t for `score >= t`; applying it must give the Dice it promised (ties included)."""
+    rng = np.random.default_rng(3)
+    label = rng.random((6, 8, 8)) < 0.3
+    amap = np.round(
+        np.where(label, rng.uniform(0.3, 1.0, label.shape), rng.uniform(0.0, 0.6, label.shape)), 1
+    )
+    brain = np.ones_like(label)
+    threshold, best = metrics.best_threshold(amap[brain], label[brain])
+    assert np.any(amap == threshold)  # the threshold is one of the scores: `>` would drop those voxels
+    config = ml_collections.ConfigDict({"anomaly": {"min_component": 0}})
+    scores, pred = anomaly_maps.tumour_scores(amap, label, brain, threshold, config)
+    assert scores["dsc"] == pytest.approx(best, abs=1e-9)

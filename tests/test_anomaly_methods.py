@@ -80,17 +80,53 @@ def test_patchwise_reconstruction_noises_one_patch_at_a_time_and_stitches_the_pa
     np.testing.assert_allclose(np.asarray(out), np.asarray(x) + 2 * 16, rtol=1e-6)
 
 
-def test_masp_weights_are_cosine_similarities_of_the_modulated_features_with_the_prompt_blocks():
+def test_masp_weight_vector_is_one_cosine_similarity_per_prompt():
     h = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, 8))
     module = ModalityAwarePrompting(num_prompts=5)
     params = module.init(jax.random.PRNGKey(1), h)
-    out = module.apply(params, h)
+    out = np.asarray(module.apply(params, h))
     p = jax.tree.map(np.asarray, params["params"])
-    q = np.asarray(h) * p["Q"]
-    cos = np.einsum("bhwc,nc->bhwn", q, p["K"]) / (
-        np.linalg.norm(q, axis=-1, keepdims=True) * np.linalg.norm(p["K"], axis=-1)
-    )
-    np.testing.assert_allclose(np.asarray(out), cos @ p["V"], rtol=1e-4, atol=1e-6)
+    q = np.asarray(h).mean(axis=(1, 2)) * p["Q"]  # [B, C]
+    cos = (q @ p["K"].T) / (np.linalg.norm(q, axis=-1, keepdims=True) * np.linalg.norm(p["K"], axis=-1))
+    assert cos.shape == (2, 5)  # a weight vector: one weight per prompt and image, not per pixel
+    np.testing.assert_allclose(out, np.broadcast_to((cos @ p["V"])[:, None, None, :], out.shape), rtol=1e-4)
+
+
+def test_uma_ddpm_has_every_dual_domain_loss_term_and_each_has_a_gradient():
+    """l_freq = |A0 - A_img| + |A0 - A_rec|, l_pixel = |X0 - X_freq| + |X0 - X_rec|; A_rec is its own head."""
+    config = smoke_config("anomaly_uma_ddpm")
+    method = build_method(config)
+    batch = blob_batch(2, size=32)
+    params = method.init(jax.random.PRNGKey(0), batch)
+    terms = ("l_freq_img", "l_freq_rec", "l_pixel_freq", "l_pixel_rec")
+
+    def stacked(p):
+        total, metrics = method.loss(p, batch, jax.random.PRNGKey(1))
+        return jnp.stack([metrics[k] for k in terms] + [total])
+
+    values, jac = jax.jit(lambda p: (stacked(p), jax.jacrev(stacked)(p)))(params)
+    values = np.asarray(values)
+    a = config.anomaly
+    expected_total = a.freq_weight * (values[0] + values[1]) + a.pixel_weight * (values[2] + values[3])
+    np.testing.assert_allclose(values[4], expected_total, rtol=1e-5)
+    for i, term in enumerate(terms):
+        norm = sum(float(np.sum(np.asarray(g[i]) ** 2)) for g in jax.tree.leaves(jac))
+        assert values[i] > 0 and norm > 0, term
+    # The output conv's second half is A_rec: the amplitude terms reach it, the X_rec pixel term does not.
+    head = [
+        g
+        for path, g in jax.tree_util.tree_flatten_with_path(jac)[0]
+        if "Decoder" in jax.tree_util.keystr(path)
+    ]
+    kernel = [g for g in head if g.ndim == 5 and g.shape[-1] == 2][-1]  # [terms, kh, kw, in, 2]
+    a_rec_grad = np.abs(np.asarray(kernel[..., 1])).sum(axis=(1, 2, 3))
+    assert a_rec_grad[1] > 0 and a_rec_grad[2] > 0 and a_rec_grad[3] == 0
+
+
+def test_amplitude_with_the_images_own_phase_gives_the_image_back():
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 8, 1))
+    back = reconstruction.image_from_amplitude(reconstruction.fft_amplitude(x), x)
+    np.testing.assert_allclose(np.asarray(back), np.asarray(x), atol=1e-5)
 
 
 def test_modality_aware_network_adds_the_mam_and_still_maps_images_to_images():
@@ -112,6 +148,12 @@ def test_uma_masking_hides_content_in_about_half_the_batch_and_the_loss_covers_t
     changed = np.asarray(jnp.any(jnp.abs(corrupted - images) > 1e-6, axis=(1, 2, 3)))
     assert 16 < changed.sum() < 48
     assert bool(region.all())
+    config.anomaly.uma_mask_fraction = 1.0  # the paper: every example is masked
+    every, _ = patched_ddpm.corrupt(config, jax.random.PRNGKey(0), images)
+    assert bool(jnp.all(jnp.any(jnp.abs(every - images) > 1e-6, axis=(1, 2, 3))))
+    assert (
+        importlib.import_module("configs.anomaly_uma_ddpm").get_config("paper").anomaly.uma_mask_fraction == 1
+    )
     pconfig = smoke_config("anomaly_pddpm")
     same, nothing = patched_ddpm.corrupt(pconfig, jax.random.PRNGKey(0), images)
     assert bool((same == images).all()) and not bool(nothing.any())

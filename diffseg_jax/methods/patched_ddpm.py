@@ -5,14 +5,17 @@
   `anomaly.test_step` and predicted in one step (`reconstruction.patchwise_reconstruct`).
 - mDDPM (Iqbal et al.): pDDPM whose input also has a random box showing only a low- or high-pass version of
   the image (masked image + frequency modelling); the loss covers the patch and the box.
-- UMA-DDPM (Zhao et al. 2026): the masking module (keep the high frequencies, hide random patches) on a random
-  half of each batch (the other half sees the plain image, as at test), patch noising, the MAM in the
-  bottleneck (`model.modality_aware`), and the dual-domain loss alpha * l_freq + beta * l_pixel with
-  l_freq = L1 between FFT amplitudes of x0 and of the reconstruction and l_pixel = L1 between the images.
-  The paper writes each term twice, for the reconstruction of the masked view (X_freq, A_img) and of the plain
-  view (X_rec, A_rec); here the two views are the two halves of the batch, so a step costs what pDDPM's does.
-  Both terms cover the whole image: the masking changes all of it. Without `anomaly.dual_loss` the loss is
-  l_pixel alone (the ablation "masking only").
+- UMA-DDPM (Zhao et al. 2026): the masking module (keep the high frequencies, hide random patches) on a
+  fraction of each batch (`anomaly.uma_mask_fraction`: 1 = every example, the paper; the CPU demo masks half,
+  so the network also sees the plain image it meets at test), patch noising, the MAM in the bottleneck
+  (`model.modality_aware`), and the dual-domain loss l = alpha l_freq + beta l_pixel. The network outputs the
+  reconstruction X_rec and an amplitude spectrum A_rec; with A_0 = |F(X_0)|, A_img = |F(X_rec)| and
+  X_freq = F^-1(A_rec e^{i phase(F(X_rec))}) (A_rec paired with the phase of the network's own
+  reconstruction, `reconstruction.image_from_amplitude`):
+  l_freq = ||A_0 - A_img||_1 + ||A_0 - A_rec||_1 and l_pixel = ||X_0 - X_freq||_1 + ||X_0 - X_rec||_1.
+  The amplitude terms cover the whole spectrum, the pixel terms the whole image (the masking changes all of
+  it). The test reconstruction is X_rec. Without `anomaly.dual_loss` there is no A_rec head and the loss is
+  ||X_0 - X_rec||_1 (the ablation rows "masking only" and "+ MAM").
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from diffseg_jax.diffusion.schedules import make_schedule
 from diffseg_jax.methods.base import Method, model_apply
 from diffseg_jax.methods.reconstruction import (
     fft_amplitude,
+    image_from_amplitude,
     init_inputs,
     masked_l1,
     patchwise_reconstruct,
@@ -50,7 +54,8 @@ def corrupt(config: ml_collections.ConfigDict, key: jax.Array, images: jnp.ndarr
     masked = masks.uma_masking(
         mask_key, images, half_width=a.uma_half_width, patch=a.uma_patch, ratio=a.uma_ratio
     )
-    use = jax.random.bernoulli(view_key, 0.5, images.shape[:1])[:, None, None, None]
+    fraction = a.get("uma_mask_fraction", 1.0)
+    use = jax.random.bernoulli(view_key, fraction, images.shape[:1])[:, None, None, None]
     return jnp.where(use, masked.image, images), whole
 
 
@@ -58,7 +63,7 @@ def build(config: ml_collections.ConfigDict) -> Method:
     a, d = config.anomaly, config.diffusion
     if a.corruption not in CORRUPTIONS:
         raise ValueError(f"unknown anomaly.corruption {a.corruption!r}; expected one of {CORRUPTIONS}")
-    model = reconstruction_unet(config, time_conditioned=True)
+    model = reconstruction_unet(config, time_conditioned=True, amplitude_head=a.dual_loss)
     apply = model_apply(model, config)
     schedule = make_schedule(d.schedule, d.num_steps)
 
@@ -76,13 +81,22 @@ def build(config: ml_collections.ConfigDict) -> Method:
         patch = masks.random_patch_mask(patch_key, b, h, w, a.patch_size, a.patch_stride)
         x_t = process.q_sample(schedule, x_in, t, jax.random.normal(noise_key, x0.shape))
         x_in = jnp.where(patch, x_t, x_in)
-        x0_hat = apply({"params": params}, x_in, t, train=True, rngs={"dropout": dropout_key})
-        pixel = masked_l1(x0_hat, x0, patch | region)
-        metrics = {"l_pixel": pixel}
+        out = apply({"params": params}, x_in, t, train=True, rngs={"dropout": dropout_key})
+        covered = patch | region
         if not a.dual_loss:
-            return pixel, metrics
-        freq = jnp.mean(jnp.abs(fft_amplitude(x0_hat) - fft_amplitude(x0)))
-        metrics["l_freq"] = freq
+            pixel = masked_l1(out, x0, covered)
+            return pixel, {"l_pixel": pixel}
+        x_rec, a_rec = jnp.split(out, 2, axis=-1)
+        a_0 = fft_amplitude(x0)
+        terms = {
+            "l_freq_img": jnp.mean(jnp.abs(a_0 - fft_amplitude(x_rec))),
+            "l_freq_rec": jnp.mean(jnp.abs(a_0 - a_rec)),
+            "l_pixel_freq": masked_l1(image_from_amplitude(a_rec, x_rec), x0, covered),
+            "l_pixel_rec": masked_l1(x_rec, x0, covered),
+        }
+        freq = terms["l_freq_img"] + terms["l_freq_rec"]
+        pixel = terms["l_pixel_freq"] + terms["l_pixel_rec"]
+        metrics = {"l_freq": freq, "l_pixel": pixel, **terms}
         return a.freq_weight * freq + a.pixel_weight * pixel, metrics
 
     def predict(params, images, key):
@@ -94,7 +108,7 @@ def build(config: ml_collections.ConfigDict) -> Method:
 
         def x0_fn(x_in, mask):
             del mask
-            return apply({"params": params}, x_in, t)
+            return apply({"params": params}, x_in, t)[..., : x.shape[-1]]  # X_rec (A_rec dropped)
 
         noise = jax.random.normal(key, x.shape)
         recon = patchwise_reconstruct(x0_fn, x, noise, noised, a.patch_size, a.patch_stride)

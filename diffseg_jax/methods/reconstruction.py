@@ -19,13 +19,16 @@ from diffseg_jax.methods.base import unet_kwargs
 from diffseg_jax.models.anomaly import ReconstructionUNet
 
 
-def reconstruction_unet(config: ml_collections.ConfigDict, time_conditioned: bool) -> ReconstructionUNet:
+def reconstruction_unet(
+    config: ml_collections.ConfigDict, time_conditioned: bool, amplitude_head: bool = False
+) -> ReconstructionUNet:
     """The shared U-Net shape (`unet_kwargs`) mapping one sequence to its reconstruction."""
     m = config.model
     return ReconstructionUNet(
         **{**unet_kwargs(config), "out_channels": 1},
         time_conditioned=time_conditioned,
         modality_aware=m.get("modality_aware", False),
+        amplitude_head=amplitude_head,
         num_prompts=m.get("num_prompts", 4),
         mamba_state=m.get("mamba_state", 16),
     )
@@ -54,6 +57,20 @@ def masked_l1(a: jnp.ndarray, b: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
 def fft_amplitude(x: jnp.ndarray) -> jnp.ndarray:
     """|F[x]| per image and channel (orthonormal, so its scale matches the pixels')."""
     return jnp.abs(jnp.fft.fft2(x.astype(jnp.float32), axes=(1, 2), norm="ortho"))
+
+
+def image_from_amplitude(amplitude: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
+    """Re F^-1[A e^{i phase(F[like])}]: an amplitude spectrum made an image with the phase of `like`.
+
+    The phase is held fixed (no gradient), so a loss on the result trains the amplitude; where F[like] is
+    zero the phase is taken as 0.
+    """
+    spectrum = jnp.fft.fft2(like.astype(jnp.float32), axes=(1, 2), norm="ortho")
+    magnitude = jnp.abs(spectrum)
+    phase = jnp.where(magnitude > 1e-12, spectrum / jnp.maximum(magnitude, 1e-12), 1.0 + 0.0j)
+    phase = jax.lax.stop_gradient(phase)
+    image = jnp.fft.ifft2(amplitude.astype(jnp.float32) * phase, axes=(1, 2), norm="ortho")
+    return jnp.real(image).astype(like.dtype)
 
 
 def patchwise_reconstruct(

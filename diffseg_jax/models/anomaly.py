@@ -4,10 +4,15 @@ Every detector reconstructs a healthy version of its input; they differ in what 
 they train. One U-Net serves them all: time-conditioned for the diffusion models, not for the DAE, and
 with the MAM in its bottleneck for UMA-DDPM.
 
-MAM (UMA-DDPM): modality-aware self-prompting, A_i = cos(h ⊙ Q, K_i) with
-learnable Q and prompt blocks K_i, V_p = Σ_i A_i V_i; two residual blocks give h_res; h_p = h_res + V_p;
-then a Mamba block over the bottleneck's pixels as a sequence (pre-norm, residual). The prompts let one
-network tell T1 from T2 in unified mode without being told which it sees.
+MAM (UMA-DDPM): modality-aware self-prompting with a weight vector, one weight per prompt:
+A_i = cos(pool(h) ⊙ Q, K_i) with learnable Q and prompt blocks K_i, V_p = Σ_i A_i V_i (a vector, added at
+every pixel); two residual blocks give h_res; h_p = h_res + V_p; then a Mamba block over the bottleneck's
+pixels as a sequence (pre-norm, residual). The prompts let one network tell T1 from T2 in unified mode
+without being told which it sees.
+
+With `amplitude_head` the network also outputs UMA-DDPM's amplitude spectrum A_rec: the decoder emits twice
+the image's channels, the second half through a softplus (amplitudes are >= 0), laid out on the image's
+own H x W frequency grid (unshifted `fft2` order).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from diffseg_jax.models.unet import Bottleneck, Decoder, UNetShape, check_divisi
 
 
 class ModalityAwarePrompting(nn.Module):
-    """MASP: cosine similarity of the Q-modulated features with each prompt block K_i weights the V_i."""
+    """MASP: the weight vector A (cosine similarity of the pooled, Q-modulated features with each prompt
+    block K_i) mixes the prompt components V_i into one prompt per image, broadcast over its pixels."""
 
     num_prompts: int = 4
 
@@ -31,11 +37,11 @@ class ModalityAwarePrompting(nn.Module):
         q = self.param("Q", nn.initializers.ones, (channels,))
         k = self.param("K", nn.initializers.normal(1.0), (self.num_prompts, channels))
         v = self.param("V", nn.initializers.normal(0.02), (self.num_prompts, channels))
-        query = h * q
+        query = jnp.mean(h, axis=(1, 2)) * q  # [B, C]
         query = query / (jnp.linalg.norm(query, axis=-1, keepdims=True) + 1e-6)
         keys = k / (jnp.linalg.norm(k, axis=-1, keepdims=True) + 1e-6)
-        weights = jnp.einsum("bhwc,nc->bhwn", query, keys)  # A_i in [-1, 1]
-        return jnp.einsum("bhwn,nc->bhwc", weights, v)
+        weights = query @ keys.T  # [B, N]: A_i in [-1, 1], one per prompt
+        return (weights @ v)[:, None, None, :]
 
 
 class ModalityAwareModule(nn.Module):
@@ -60,11 +66,12 @@ class ReconstructionUNet(UNetShape):
     """U-Net from a corrupted image to its reconstruction (out_channels = the image's channels).
 
     `t` given -> time-conditioned ResBlocks (the diffusion detectors); `modality_aware` puts the MAM
-    after the usual bottleneck.
+    after the usual bottleneck; `amplitude_head` appends A_rec's channels to the output.
     """
 
     time_conditioned: bool = True
     modality_aware: bool = False
+    amplitude_head: bool = False
     num_prompts: int = 4
     mamba_state: int = 16
 
@@ -86,5 +93,11 @@ class ReconstructionUNet(UNetShape):
         if self.modality_aware:
             h = ModalityAwareModule(self.num_prompts, self.mamba_state, self.dropout)(h, temb, train)
         attn = tuple(self.attention_levels)
-        decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout, self.remat)
-        return decoder(h, skips, temb, train)
+        outputs = self.out_channels * (2 if self.amplitude_head else 1)
+        out = Decoder(feats, attn, self.num_res_blocks, outputs, self.dropout, self.remat)(
+            h, skips, temb, train
+        )
+        if not self.amplitude_head:
+            return out
+        reconstruction, amplitude = jnp.split(out, 2, axis=-1)
+        return jnp.concatenate([reconstruction, nn.softplus(amplitude)], axis=-1)

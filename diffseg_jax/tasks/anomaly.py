@@ -10,9 +10,9 @@ Evaluation (pDDPM's protocol, volume by volume, per sequence):
 1. reconstruct every brain slice of each volume; anomaly map = |x - x_hat| (AnoDDPM: squared) in the eroded
    brain, 3D median filter;
 2. threshold = the best Dice on the pooled validation voxels (tumour validation cases), then fixed;
-3. tumour test cases: map > threshold, components <= `anomaly.min_component` voxels dropped -> DSC, TPR,
-   TNR (inside the brain) and the threshold-free AUPRC; healthy test subjects: SSIM (per slice, mean over
-   brain slices) and PSNR (brain voxels) of the reconstructions.
+3. tumour test cases: map >= threshold (the rule it was chosen by), components <= `anomaly.min_component`
+   voxels dropped -> DSC, TPR, TNR (inside the brain) and the threshold-free AUPRC; healthy test subjects:
+   SSIM (per slice, mean over brain slices) and PSNR (brain voxels) of the reconstructions.
 Writes <workdir>/eval/metrics.json, per_case.csv, maps/<case>_<seq>_{anomaly,reconstruction,pred}.nii.gz
 (on the preprocessed grid, with its affine) and overlays/<case>_<seq>.png.
 """

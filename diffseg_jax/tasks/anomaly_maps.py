@@ -96,7 +96,8 @@ def healthy_scores(image: np.ndarray, recon: np.ndarray, brain: np.ndarray) -> d
 
 
 def tumour_scores(amap, label, brain, threshold: float, config) -> tuple[dict[str, float], np.ndarray]:
-    pred = remove_small_components(amap > threshold, config.anomaly.min_component)
+    # `>=`: the rule `metrics.best_threshold` chose the threshold by
+    pred = remove_small_components((amap >= threshold) & brain, config.anomaly.min_component)
     scores = binary_scores(pred[brain], label[brain])
     scores["auprc"] = metrics.auprc(amap[brain], label[brain])
     return scores, pred
