@@ -59,9 +59,23 @@ def slice_arrays(
         progress=progress,
         image_size=d.image_size,
         target=d.target,
-        slice_range=tuple(d.slice_range) if d.slice_range else None,
+        slice_range=slice_range(config),
         healthy_fraction=d.healthy_fraction,
     )
+
+
+def slice_range(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+    """`data.slice_range` as (lo, hi), or None for tumour + healthy slices.
+
+    `--config.data.slice_range=None` on the command line arrives as (None,): it means unset. The range is
+    in the volume's own slice indices (BraTS' 80-120 are of 155 slices at 1 mm).
+    """
+    value = config.data.get("slice_range")
+    if not value or any(v is None for v in value):
+        return None
+    if len(value) != 2:
+        raise ValueError(f"data.slice_range must be (lo, hi) or None, got {tuple(value)!r}")
+    return int(value[0]), int(value[1])
 
 
 def evenly_spaced(arrays: dict[str, np.ndarray], max_slices: int) -> dict[str, np.ndarray]:

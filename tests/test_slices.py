@@ -162,3 +162,16 @@ def test_case_examples_shapes_and_targets():
     assert no_seg["label"].shape == (8, 8, 8, 3) and not no_seg["label"].any()
     with pytest.raises(ValueError):
         sl.case_examples(case, 16, target="bad", rng=np.random.default_rng(0))
+
+
+def test_slice_range_none_from_the_command_line_means_unset():
+    from configs import btsegdiff
+    from data_pipelines.sources import slice_range
+
+    config = btsegdiff.get_config("paper")
+    assert slice_range(config) == (80, 120)
+    config.data.slice_range = (None,)  # what `--config.data.slice_range=None` gives
+    assert slice_range(config) is None
+    config.data.slice_range = (1, 2, 3)
+    with pytest.raises(ValueError, match="slice_range"):
+        slice_range(config)
