@@ -1,6 +1,7 @@
 """Diffusion over the mask conditioned on the sequences: the loss and sampler every such method shares.
 
-Loss = noise_weight * ||eps - eps_hat||^2 + x0_weight * mean((x0_hat - G)^2) (BTSegDiff: 1 and 1/2), plus
+Loss = noise_weight * ||eps - eps_hat||^2 + x0_weight * mean((x0_hat - G)^2) (BTSegDiff: 1 and 1/2; x0_hat
+clipped to [-1, 1] with `loss.x0_clip`, which keeps the term bounded under eps-prediction), plus
 seg_weight * (soft Dice + BCE) of the x0 estimate read as a probability: the auxiliary term of Diff-UNet,
 whose code BTSegDiff's copies. It is off in the paper presets and on in the CPU demo, where tumours cover ~1%
 of the pixels. With x0-prediction the network's raw output r is the mask's logits and x0 = 2 sigmoid(r) - 1
