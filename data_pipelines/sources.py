@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import brats, input_pipeline, phantom, slices
+from diffseg_jax.config_defaults import ConfigError
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -74,7 +75,7 @@ def slice_range(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
     if not value or any(v is None for v in value):
         return None
     if len(value) != 2:
-        raise ValueError(f"data.slice_range must be (lo, hi) or None, got {tuple(value)!r}")
+        raise ConfigError(f"data.slice_range must be (lo, hi) or None, got {tuple(value)!r}")
     return int(value[0]), int(value[1])
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from configs import medsegdiff_v1 as v1_config
 from configs import medsegdiff_v2 as v2_config
+from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.methods.medsegdiff_v2 import condition_model_loss
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.models.anchor import SpatialAttentionAnchor, gaussian_kernel
@@ -72,9 +73,10 @@ def test_dce_levels_middle_fuses_only_the_middle_two_stages():
     explicit = build_method(config).init(jax.random.PRNGKey(0), batch)
     assert jax.tree.structure(explicit) == jax.tree.structure(middle)
     assert v1_config.get_config("paper").model.dce_levels == "middle"
-    config.model.dce_levels = "centre"
-    with pytest.raises(ValueError, match="dce_levels"):
-        build_method(config)
+    for bad in ("centre", "1,4"):  # not a level name; level 4 of 0..3
+        config.model.dce_levels = bad
+        with pytest.raises(ConfigError, match="dce_levels"):
+            build_method(config)
 
 
 def test_gaussian_kernel_is_normalised_centred_on_its_mean_and_widens_with_sigma():

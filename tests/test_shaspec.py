@@ -8,6 +8,7 @@ import pytest
 
 from configs import shaspec as shaspec_config
 from diffseg_jax import modalities
+from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.methods.base import unet_kwargs
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.methods.shaspec import dao_loss, dco_loss
@@ -100,6 +101,9 @@ def test_missing_sequence_feature_is_the_mean_of_the_available_shared_features()
     every = ShaSpecUNet(**unet_kwargs(config), fuse_at="every_level")
     params_every = jax.jit(every.init)(jax.random.PRNGKey(0), jnp.asarray(images))["params"]
     assert {"fuse_0", "fuse_1"} <= set(params_every)
+    config.model.fuse_at = "middle"
+    with pytest.raises(ConfigError, match="fuse_at"):
+        build_method(config)
 
 
 @pytest.mark.parametrize("fuse_at", ["bottom", "every_level"])

@@ -54,7 +54,7 @@ def corrupt(config: ml_collections.ConfigDict, key: jax.Array, images: jnp.ndarr
     masked = masks.uma_masking(
         mask_key, images, half_width=a.uma_half_width, patch=a.uma_patch, ratio=a.uma_ratio
     )
-    fraction = a.get("uma_mask_fraction", 1.0)
+    fraction = a.get("uma_mask_fraction", 0.5)
     use = jax.random.bernoulli(view_key, fraction, images.shape[:1])[:, None, None, None]
     return jnp.where(use, masked.image, images), whole
 

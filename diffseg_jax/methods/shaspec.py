@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.methods.base import Method, binary_entropy, model_apply, soft_dice_loss, unet_kwargs
 from diffseg_jax.models.shaspec import ShaSpecUNet
 
@@ -37,7 +38,12 @@ def dco_loss(modality_logits: jnp.ndarray, available: jnp.ndarray) -> jnp.ndarra
     return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+FUSE_AT = ("bottom", "every_level")
+
+
 def build(config: ml_collections.ConfigDict) -> Method:
+    if config.model.get("fuse_at", "bottom") not in FUSE_AT:
+        raise ConfigError(f"unknown model.fuse_at {config.model.fuse_at!r}; expected one of {FUSE_AT}")
     model = ShaSpecUNet(
         **unet_kwargs(config),
         encoder_features=config.model.get("encoder_features", 0),
