@@ -113,7 +113,7 @@ def _tumour_volumes(config, cases: Sequence[brats.CaseFiles], progress: bool) ->
             raise brats.DataError(f"{case.folder}: the anomaly detectors need {', '.join(absent)}")
         index = {m: i for i, m in enumerate(brats.MODALITIES)}
         images = {s: volume.images[..., index[s]] for s in config.data.sequences}
-        brain = (volume.images != 0).any(axis=-1)
+        brain = volume.brain
         grid = tuple(config.data.grid)
         image, brain, label, affine = preprocess(images, brain, grid, volume.seg > 0, volume.affine)
         out.append(AnomalyVolume(case.case_id, image, brain, label, affine, case.folder))
@@ -197,12 +197,10 @@ def load_anomaly_splits(
     subjects = ixi.find_subjects(healthy_root, tuple(d.sequences), d.mask_suffix)
     healthy = _split_subjects(subjects, tuple(d.split_fractions), d.split_seed)
     # No detector trains on tumour cases: they are all validation (threshold) or test data.
-    cases = brats.find_cases(
-        sources.dataset_root(config, progress), available=sources.available(config), require_seg=True
-    )
+    cases = sources.checked_cases(config, progress)
     tumour = brats.split_cases(cases, tuple(d.tumour_split_fractions), seed=d.split_seed)
     inputs = [p for s in subjects for p in [*s.images.values(), s.mask] if p is not None]
-    inputs += [p for name in ("val", "test") for c in tumour[name] for p in [*c.images.values(), c.seg]]
+    inputs += [p for name in ("val", "test") for c in tumour[name] for p in c.files]
     cache = _cache_path(config, inputs)
     if cache.exists():
         loaded = _load(cache)

@@ -13,20 +13,24 @@ broken download is reported before training starts rather than as a shape error 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
 import types
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from data_pipelines import conventions, slices
+from data_pipelines.conventions import Convention
+
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
-LABEL_VALUES: dict[str, tuple[int, ...]] = {"brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3)}
+LABEL_VALUES: dict[str, tuple[int, ...]] = {name: c.values for name, c in conventions.KNOWN.items()}
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 _SAME = {m: m for m in MODALITIES}
@@ -50,24 +54,41 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class CaseFiles:
-    """Paths of one case as found on disk (nothing is read yet, so discovery stays cheap)."""
+    """Paths of one case as found on disk (nothing is read yet, so discovery stays cheap).
+
+    ``scheme`` names the layout the case was found in (a BraTS naming, ``msd``, ``nnunet`` or ``custom``);
+    ``channels`` gives the volume index of sequences stored together in one 4D file (MSD);
+    ``brain_mask`` is a mask file when the layout has one (otherwise the brain comes from the data).
+    """
 
     case_id: str
     folder: pathlib.Path
     images: Mapping[str, pathlib.Path]
     seg: pathlib.Path | None
     scheme: str
+    label_convention: Convention | None = None
+    brain_mask: pathlib.Path | None = None
+    channels: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "images", types.MappingProxyType(dict(self.images)))
+        object.__setattr__(self, "channels", types.MappingProxyType(dict(self.channels)))
 
     def __hash__(self) -> int:  # the mapping is unhashable; id + folder identify a case
         return hash((self.case_id, self.folder))
 
     @property
-    def convention(self) -> str:
-        """Label convention: 2020 and 2021 share labels {0,1,2,4}; 2023 uses {0,1,2,3}."""
+    def convention(self) -> Convention:
+        """Label convention: the layout's, else by naming (2020 and 2021 share {0,1,2,4}; 2023 {0,1,2,3})."""
+        if self.label_convention is not None:
+            return self.label_convention
         return "brats2023" if self.scheme == "brats2023" else "brats2021"
+
+    @property
+    def files(self) -> list[pathlib.Path]:
+        """Every file the case reads (each once), images first."""
+        paths = [*self.images.values(), self.seg, self.brain_mask]
+        return list(dict.fromkeys(p for p in paths if p is not None))
 
     @property
     def patient_id(self) -> str:
@@ -79,7 +100,11 @@ class CaseFiles:
 
 @dataclasses.dataclass
 class CaseVolume:
-    """One loaded case: images in MODALITIES order plus the geometry to write results back."""
+    """One loaded case: images in MODALITIES order plus the geometry to write results back.
+
+    ``brain`` is the brain mask (from the layout's mask file, else every voxel that differs from its
+    sequence's background value), so nothing downstream assumes the background is 0.
+    """
 
     case_id: str
     images: np.ndarray
@@ -88,7 +113,8 @@ class CaseVolume:
     affine: np.ndarray
     header: nib.Nifti1Header
     spacing: tuple[float, float, float]
-    convention: str
+    convention: Convention
+    brain: np.ndarray
 
 
 def _scheme_of(case_id: str) -> str | None:
@@ -157,11 +183,13 @@ def find_cases(
     *,
     available: Sequence[str] | None = None,
     require_seg: bool = False,
+    problems: list[DataError] | None = None,
 ) -> list[CaseFiles]:
     """Find BraTS cases under ``root`` (a dataset folder or one case folder), sorted by case id.
 
     ``available`` lists the modalities that must exist (default: all four); only those are
-    loaded later, the others become zero channels. Missing files fail here, before any loading.
+    loaded later, the others become zero channels. Missing files fail here, before any loading —
+    or, when a ``problems`` list is given, the case is left out and its error appended there.
     """
     wanted = MODALITIES if available is None else tuple(available)
     unknown = [m for m in wanted if m not in MODALITIES]
@@ -194,26 +222,62 @@ def find_cases(
     for folder, case_id in found:
         if seen.setdefault(case_id, folder) != folder:
             raise DataError(f"{folder}: case {case_id} also found in {seen[case_id]}")
-    cases = [_case_files(folder, cid, wanted, require_seg) for folder, cid in found]
-    return sorted(cases, key=lambda c: c.case_id)
+    makers = [functools.partial(_case_files, folder, cid, wanted, require_seg) for folder, cid in found]
+    return sorted(gather(makers, problems), key=lambda c: c.case_id)
 
 
-def _read(path: pathlib.Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Read one NIfTI volume as a 3D array, turning every reader failure into a DataError."""
+def gather(makers: Iterable[Callable[[], CaseFiles]], problems: list[DataError] | None) -> list[CaseFiles]:
+    """The cases the makers return; a maker's DataError is raised, or with a ``problems`` list appended
+    there (its case left out) so that a large dataset can skip its bad cases."""
+    out = []
+    for make in makers:
+        try:
+            out.append(make())
+        except DataError as err:
+            if problems is None:
+                raise
+            problems.append(err)
+    return out
+
+
+def _read_error(path: pathlib.Path, exc: BaseException) -> DataError:
+    detail = " ".join(str(exc).replace(str(path), path.name).split()) or type(exc).__name__
+    return DataError(f"{path}: cannot read as NIfTI ({detail})")
+
+
+def read_header(path: pathlib.Path) -> nib.Nifti1Image:
+    """Open a NIfTI file without reading its voxels (shape and affine come from the header)."""
     try:
         img = nib.load(str(path))
-        if not isinstance(img, nib.Nifti1Image):
-            raise DataError(f"{path}: not a NIfTI image ({type(img).__name__})")
-        data = np.asanyarray(img.dataobj)
-    except DataError:
-        raise
     except _READ_ERRORS as exc:
-        detail = " ".join(str(exc).replace(str(path), path.name).split()) or type(exc).__name__
-        raise DataError(f"{path}: cannot read as NIfTI ({detail})") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
+        raise _read_error(path, exc) from exc
+    if not isinstance(img, nib.Nifti1Image):
+        raise DataError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    return img
+
+
+def volume_shape(path: pathlib.Path, img: nib.Nifti1Image, channel: int | None = None) -> tuple[int, ...]:
+    """The 3D shape the file gives (a 4D file: one volume of it), or a DataError naming the file."""
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and (channel is not None or shape[3] == 1):
+        if channel is not None and channel >= shape[3]:
+            raise DataError(f"{path}: has {shape[3]} volume(s), volume {channel} was asked for")
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {shape}")
+    return shape
+
+
+def _read(path: pathlib.Path, channel: int | None = None) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Read one NIfTI volume (of a 4D file: volume ``channel``) as a 3D array; failures -> DataError."""
+    img = read_header(path)
+    volume_shape(path, img, channel)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except _READ_ERRORS as exc:
+        raise _read_error(path, exc) from exc
+    if data.ndim == 4:
+        data = data[..., 0 if channel is None else channel]
     return img, data
 
 
@@ -228,86 +292,111 @@ def _fmt(values: Sequence[float]) -> str:
     return "{" + ",".join(str(int(v)) if float(v).is_integer() else str(v) for v in values) + "}"
 
 
-def _check_labels(path: pathlib.Path, data: np.ndarray, convention: str) -> np.ndarray:
+def _check_labels(path: pathlib.Path, data: np.ndarray, convention: Convention) -> np.ndarray:
     """Validate segmentation values against the case's convention and return them as uint8."""
     _check_finite(path, data)
     if np.issubdtype(data.dtype, np.floating) and not np.array_equal(data, np.round(data)):
         raise DataError(f"{path}: segmentation has non-integer values")
-    allowed = LABEL_VALUES[convention]
+    known = _resolve(convention)
+    allowed = known.values
     if data.min() >= 0 and data.max() <= 255:  # fast path: bincount instead of a full sort
         present = np.flatnonzero(np.bincount(data.astype(np.uint8).ravel()))
     else:
         present = np.unique(data)
     bad = [v for v in present.tolist() if v not in allowed]
     if bad:
-        name = "BraTS 2023" if convention == "brats2023" else "BraTS 2021"
+        name = known.display_name
         raise DataError(f"{path}: labels {_fmt(bad)} not in {name} convention {_fmt(allowed)}")
     return data.astype(np.uint8)
 
 
-def load_case(case: CaseFiles) -> CaseVolume:
-    """Load and validate one case: all volumes must be 3D, finite, on one grid and one affine."""
-    channels = [(c, case.images[m]) for c, m in enumerate(MODALITIES) if m in case.images]
-    if not channels:
+def check_headers(case: CaseFiles) -> dict[pathlib.Path, nib.Nifti1Image]:
+    """Open every file of a case without reading voxels: readable NIfTI, 3D volumes, one shape, one affine."""
+    if not case.images:
         raise DataError(f"{case.folder}: no image files to load")
-    paths = [path for _, path in channels] + ([case.seg] if case.seg is not None else [])
-    volumes = [(path, *_read(path)) for path in paths]
-    ref_path, ref_img, ref_data = volumes[0]
-    for path, img, data in volumes[1:]:
-        if data.shape != ref_data.shape:
-            raise DataError(f"{path}: shape {data.shape} differs from {ref_data.shape} of {ref_path.name}")
-        if not np.allclose(img.affine, ref_img.affine, atol=1e-3):
-            raise DataError(f"{path}: affine differs from that of {ref_path.name}")
-    images = np.zeros((*ref_data.shape, len(MODALITIES)), dtype=np.float32)
-    for (channel, path), (_, _, data) in zip(channels, volumes, strict=False):
-        images[..., channel] = data
-        _check_finite(path, images[..., channel])
+    channel_of = {case.images[m]: c for m, c in case.channels.items()}
+    headers = {path: read_header(path) for path in case.files}
+    shapes = {path: volume_shape(path, img, channel_of.get(path)) for path, img in headers.items()}
+    first = case.files[0]
+    for path in case.files[1:]:
+        if shapes[path] != shapes[first]:
+            raise DataError(f"{path}: shape {shapes[path]} differs from {shapes[first]} of {first.name}")
+        if not np.allclose(headers[path].affine, headers[first].affine, atol=1e-3):
+            raise DataError(f"{path}: affine differs from that of {first.name}")
+    return headers
+
+
+def load_case(case: CaseFiles) -> CaseVolume:
+    """Load and validate one case: all volumes must be 3D, finite, on one grid and one affine.
+
+    A 4D file holding several sequences (MSD) is decompressed once.
+    """
+    headers = check_headers(case)
+    read: dict[pathlib.Path, np.ndarray] = {}
+    for path, img in headers.items():
+        try:
+            read[path] = np.asanyarray(img.dataobj)
+        except _READ_ERRORS as exc:
+            raise _read_error(path, exc) from exc
+
+    def volume(path: pathlib.Path, channel: int | None = None) -> np.ndarray:
+        data = read[path]
+        return data[..., 0 if channel is None else channel] if data.ndim == 4 else data
+
+    ref_img = headers[case.files[0]]
+    ref_shape = volume_shape(case.files[0], ref_img, case.channels.get(next(iter(case.images))))
+    images = np.zeros((*ref_shape, len(MODALITIES)), dtype=np.float32)
+    for channel, modality in enumerate(MODALITIES):
+        if modality in case.images:
+            path = case.images[modality]
+            images[..., channel] = volume(path, case.channels.get(modality))
+            _check_finite(path, images[..., channel])
     seg = None
     if case.seg is not None:
-        seg = _check_labels(case.seg, volumes[-1][2], case.convention)
+        seg = _check_labels(case.seg, volume(case.seg), case.convention)
+    available = tuple(m in case.images for m in MODALITIES)
+    if case.brain_mask is not None:
+        mask = np.asarray(volume(case.brain_mask), np.float32)
+        _check_finite(case.brain_mask, mask)
+        brain = mask > 0.5 * mask.max() if mask.max() > 0 else mask > 0
+        if not brain.any():
+            raise DataError(f"{case.brain_mask}: empty brain mask")
+    else:
+        brain = slices.brain_mask(images)
     header = ref_img.header.copy()
     spacing = tuple(float(z) for z in header.get_zooms()[:3])
     return CaseVolume(
         case_id=case.case_id,
         images=images,
-        available=tuple(m in case.images for m in MODALITIES),
+        available=available,
         seg=seg,
         affine=np.array(ref_img.affine, dtype=np.float64),
         header=header,
         spacing=spacing,  # type: ignore[arg-type]
         convention=case.convention,
+        brain=brain,
     )
 
 
-def _et_label(convention: str) -> int:
-    if convention not in LABEL_VALUES:
-        raise DataError(f"unknown label convention {convention!r} (expected one of {list(LABEL_VALUES)})")
-    return LABEL_VALUES[convention][3]
+def _resolve(convention: Convention) -> conventions.LabelConvention:
+    try:
+        return conventions.resolve(convention)
+    except conventions.ConventionError as err:
+        raise DataError(str(err)) from None
 
 
-def labels_to_regions(seg: np.ndarray, convention: str) -> np.ndarray:
+def labels_to_regions(seg: np.ndarray, convention: Convention) -> np.ndarray:
     """Labels -> nested regions [..., 3] (WT, TC, ET), the form BraTS is evaluated on."""
-    et = _et_label(convention)
-    seg = np.asarray(seg)
-    wt = np.isin(seg, LABEL_VALUES[convention][1:])
-    tc = (seg == 1) | (seg == et)
-    return np.stack([wt, tc, seg == et], axis=-1)
+    return _resolve(convention).regions(seg)
 
 
-def regions_to_labels(regions: np.ndarray, convention: str) -> np.ndarray:
-    """Regions [..., 3] -> uint8 labels, read hierarchically so the result is always consistent."""
-    et = _et_label(convention)
+def regions_to_labels(regions: np.ndarray, convention: Convention) -> np.ndarray:
+    """Regions [..., 3] -> uint8 labels in the convention, read hierarchically so always consistent."""
+    known = _resolve(convention)
     regions = np.asarray(regions)
     if regions.ndim < 1 or regions.shape[-1] != 3:
         raise DataError(f"regions: expected a last axis of size 3 (WT, TC, ET), got {regions.shape}")
-    wt = regions[..., 0].astype(bool)
-    tc = wt & regions[..., 1].astype(bool)
-    enh = tc & regions[..., 2].astype(bool)
-    labels = np.zeros(regions.shape[:-1], dtype=np.uint8)
-    labels[wt] = 2
-    labels[tc] = 1
-    labels[enh] = et
-    return labels
+    return known.labels(regions)
 
 
 def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
@@ -354,3 +443,25 @@ def split_cases(
         out[name] = sorted(chosen, key=lambda c: c.case_id)
         start += count
     return out
+
+
+def fold_splits(
+    cases: Sequence[CaseFiles], folds: int, fold: int, seed: int = 0
+) -> dict[str, list[CaseFiles]]:
+    """Cross-validation by patient: patients dealt (seeded) into ``folds`` groups; test = group ``fold``,
+    val = the next group, train = the rest — over the folds every case is tested exactly once."""
+    if folds < 3 or not 0 <= fold < folds:
+        raise DataError(f"data.folds={folds}, data.fold={fold}: need folds >= 3 and 0 <= fold < folds")
+    by_patient: dict[str, list[CaseFiles]] = {}
+    for case in cases:
+        by_patient.setdefault(case.patient_id, []).append(case)
+    patients = sorted(by_patient)
+    if len(patients) < folds:
+        raise DataError(f"data.folds={folds}: only {len(patients)} patient(s) to deal into folds")
+    order = np.random.default_rng(seed).permutation(len(patients))
+    group = {patients[i]: rank % folds for rank, i in enumerate(order)}
+    role = {fold: "test", (fold + 1) % folds: "val"}
+    out: dict[str, list[CaseFiles]] = {name: [] for name in SPLITS}
+    for patient, members in by_patient.items():
+        out[role.get(group[patient], "train")].extend(members)
+    return {name: sorted(members, key=lambda c: c.case_id) for name, members in out.items()}

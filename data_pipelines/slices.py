@@ -22,16 +22,34 @@ _CLIP = 5.0
 TARGET_CHANNELS = {"regions": 3, "wt": 1}
 
 
+def background_value(channel: np.ndarray) -> float:
+    """The value most common on the volume's six faces: 0 for BraTS, a constant negative value for scans
+    z-scored before skull-stripping's zeros were replaced, the air level of raw data."""
+    channel = np.asarray(channel)
+    faces = [channel[[0, -1]], channel[:, [0, -1]], channel[:, :, [0, -1]]]
+    values, counts = np.unique(np.concatenate([f.ravel() for f in faces]), return_counts=True)
+    return float(values[np.argmax(counts)])
+
+
 def brain_mask(images: np.ndarray) -> np.ndarray:
-    """Bool [X,Y,Z] brain mask: BraTS is skull-stripped, so background is exactly 0 everywhere."""
-    return np.any(np.asarray(images) != 0, axis=-1)
+    """Bool [X,Y,Z] brain mask of skull-stripped scans: every voxel where some sequence differs from its
+    background value (:func:`background_value`); a missing (all-zero) sequence adds nothing."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    mask = np.zeros(images.shape[:3], dtype=bool)
+    for k in range(images.shape[-1]):
+        channel = images[..., k]
+        mask |= channel != background_value(channel)
+    return mask
 
 
 def normalize(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Z-score each modality over brain voxels (intensities are scanner-arbitrary).
 
-    Outside the brain is 0, an all-zero (missing) modality stays 0 so it reads as "absent",
-    and values are clipped to [-5, 5] to tame hyperintense outliers.
+    Statistics come from brain voxels only, so the background value does not matter. Outside the brain
+    is 0, a modality that is zero throughout the brain (missing) stays 0 so it reads as "absent", and
+    values are clipped to [-5, 5] to tame hyperintense outliers.
     """
     images = np.asarray(images, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
@@ -40,9 +58,9 @@ def normalize(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return out
     for k in range(images.shape[-1]):
         channel = images[..., k]
-        if not np.any(channel):
-            continue
         values = channel[mask].astype(np.float64)
+        if not np.any(values):
+            continue
         mean = values.mean()
         std = max(float(values.std()), _STD_FLOOR)
         normed = np.clip((channel - mean) / std, -_CLIP, _CLIP)
@@ -225,7 +243,7 @@ def case_examples(
     from data_pipelines.brats import labels_to_regions
 
     images = np.asarray(volume.images, dtype=np.float32)
-    mask = brain_mask(images)
+    mask = volume.brain
     geom = slice_geometry(mask, image_size)
     if volume.seg is None:
         regions = np.zeros((*images.shape[:3], 3), dtype=bool)

@@ -8,7 +8,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from data_pipelines import brats, input_pipeline, phantom, slices
+from data_pipelines import brats, case_check, input_pipeline, layouts, phantom, slices
 from diffseg_jax.config_defaults import ConfigError
 
 
@@ -42,10 +42,36 @@ def available(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
         raise brats.DataError(f"data.{err}") from None
 
 
+def checked_cases(config: ml_collections.ConfigDict, progress: bool = True) -> list[brats.CaseFiles]:
+    """The labelled cases of `data.root` in its layout, every one checked (`case_check`; a second run reads
+    nothing again); a bad case stops with one line naming the file, or is skipped (`data.on_bad_case`)."""
+    on_bad_case = config.data.get("on_bad_case", "stop")
+    problems: list[brats.DataError] | None = [] if on_bad_case == "skip" else None
+    cases = layouts.find_cases(
+        dataset_root(config, progress),
+        layout=config.data.get("layout") or None,
+        available=available(config),
+        require_seg=True,
+        problems=problems,
+    )
+    return case_check.check_cases(
+        cases,
+        cache_file=cache_dir(config) / "case_checks.json",
+        on_bad_case=on_bad_case,
+        problems=problems or (),
+        progress=progress,
+    )
+
+
 def load_splits(config: ml_collections.ConfigDict, progress: bool = True) -> dict[str, list[brats.CaseFiles]]:
-    """Finds and splits the labelled cases by patient (train/val/test, seeded)."""
-    cases = brats.find_cases(dataset_root(config, progress), available=available(config), require_seg=True)
-    return brats.split_cases(cases, tuple(config.data.split_fractions), seed=config.data.split_seed)
+    """Finds, checks and splits the labelled cases by patient: train/val/test by `data.split_fractions`, or
+    with `data.folds` = n > 0 cross-validation fold `data.fold` (test = that fold, val = the next)."""
+    cases = checked_cases(config, progress)
+    d = config.data
+    folds = int(d.get("folds", 0) or 0)
+    if folds:
+        return brats.fold_splits(cases, folds, int(d.get("fold", 0)), seed=d.split_seed)
+    return brats.split_cases(cases, tuple(d.split_fractions), seed=d.split_seed)
 
 
 def slice_arrays(
@@ -102,7 +128,8 @@ def evaluation_cases(config: ml_collections.ConfigDict, progress: bool = True) -
     """The cases run_eval scores: `eval.data_root` (labels optional) or the `eval.split` of the data, at
     most `eval.max_cases` of them (0 = all)."""
     if config.eval.data_root:
-        cases = brats.find_cases(config.eval.data_root, available=available(config))
+        layout = config.eval.get("layout") or None
+        cases = layouts.find_cases(config.eval.data_root, layout=layout, available=available(config))
     else:
         cases = load_splits(config, progress)[config.eval.split]
     return cases[: config.eval.max_cases] if config.eval.max_cases else cases

@@ -96,6 +96,10 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     d.split_seed = 0
     d.augment = True
     d.available = ""  # e.g. 't1,flair': the sequences the cases have (others may lack files; zero channels)
+    d.layout = ""  # '' = BraTS namings, or MSD / nnU-Net by a dataset.json; else a layout JSON file
+    d.on_bad_case = "stop"  # a case that fails the check before training: 'stop' the run or 'skip' it
+    d.folds = 0  # >= 3: cross-validation by patient, fold `data.fold` is the test split (val: the next)
+    d.fold = 0
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 1600
@@ -126,6 +130,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
 
     c.eval = e = ml_collections.ConfigDict()
     e.data_root = config_dict.placeholder(str)  # segment another folder (labels optional)
+    e.layout = ""  # the layout of eval.data_root, as data.layout
     e.output_dir = config_dict.placeholder(str)  # None -> <workdir>/eval
     e.split = "test"
     e.checkpoint = "best"  # 'best' (by validation Dice) or 'latest'

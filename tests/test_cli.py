@@ -98,6 +98,7 @@ def test_bad_input_stops_with_one_line_naming_the_file(tmp_path, cli):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "BraTS2021_00000_seg.nii.gz" in last
+    assert not list((tmp_path / "run").glob("checkpoints/*")), "stopped before the first step"
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, cli):

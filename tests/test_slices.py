@@ -141,7 +141,8 @@ def _fake_case(seg: np.ndarray | None):
     images = np.zeros((20, 24, 12, 4), np.float32)
     images[3:17, 4:20, 2:10] = np.random.default_rng(0).uniform(1, 2, (14, 16, 8, 4))
     images[..., 2] = 0  # missing t2
-    return SimpleNamespace(images=images, seg=seg, convention="brats2021", case_id="c")
+    brain = sl.brain_mask(images)
+    return SimpleNamespace(images=images, seg=seg, convention="brats2021", case_id="c", brain=brain)
 
 
 def test_case_examples_shapes_and_targets():

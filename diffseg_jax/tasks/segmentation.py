@@ -53,10 +53,10 @@ def segment_volume(
     `fill_in`: the two-stage route; synthesises the zeroed sequences before segmenting.
     """
     images = np.asarray(volume.images, np.float32)
-    mask = slices.brain_mask(images)
+    mask = volume.brain
     z = np.flatnonzero(mask.any(axis=(0, 1)))
     if z.size == 0:
-        raise brats.DataError(f"{volume.case_id}: every voxel of every sequence is zero")
+        raise brats.DataError(f"{volume.case_id}: no brain voxel (every sequence is background)")
     geom = slices.slice_geometry(mask, config.data.image_size)
     inputs = slices.to_slices(slices.normalize(images, mask), geom, z)
     if config.eval.get("available", ""):  # segment from a subset: the other sequences become zeros

@@ -141,10 +141,10 @@ def evaluate(
             bar.update(len(PATTERNS))
             continue
         images = np.asarray(volume.images, np.float32)
-        brain = slices.brain_mask(images)
+        brain = volume.brain
         z = np.flatnonzero(brain.any(axis=(0, 1)))
         if z.size == 0:
-            raise brats.DataError(f"{volume.case_id}: every voxel of every sequence is zero")
+            raise brats.DataError(f"{volume.case_id}: no brain voxel (every sequence is background)")
         geom = slices.slice_geometry(brain, config.data.image_size)
         normed = slices.normalize(images, brain)
         inputs = slices.to_slices(normed, geom, z)
