@@ -89,7 +89,7 @@ def preprocess(
 def _healthy_volumes(config, subjects: Sequence[ixi.SubjectFiles], progress: bool) -> list[AnomalyVolume]:
     out = []
     for files in tqdm(subjects, desc="preprocessing healthy", disable=not progress):
-        data = ixi.load_subject(files)
+        data = ixi.load_subject(files, config.data.get("resample", ""))
         images = {s: data[s] for s in config.data.sequences}
         image, brain, _, affine = preprocess(
             images, data["brain"], tuple(config.data.grid), None, data["affine"]
@@ -136,6 +136,7 @@ def _cache_path(config, inputs: list[pathlib.Path]) -> pathlib.Path:
     params = {
         "grid": list(d.grid),
         "sequences": list(d.sequences),
+        "resample": d.get("resample", ""),
         "split": [list(d.split_fractions), list(d.tumour_split_fractions), d.split_seed],
         "v": CACHE_VERSION,
     }

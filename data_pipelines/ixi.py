@@ -1,10 +1,12 @@
-"""Reader for IXI-layout folders of healthy subjects (T1/T2/PD) with brain masks.
+"""Reader for IXI-layout folders of healthy subjects (T1/T2/PD), with or without brain masks.
 
 Real IXI unpacks to flat folders of IXI<nnn>-<site>-<nnnn>-<T1|T2|PD>.nii.gz; the folder is searched
-recursively, so one folder per sequence works too. The anomaly protocol needs a brain mask per subject:
-<subject>-<mask_suffix>.nii.gz (default suffix 'mask'), or mask_suffix='' to use the voxels > 0 of the first
-sequence (skull-stripped data). The sequences must be co-registered (same shape and affine), as after the
-usual registration to a template. Every problem stops with one DataError line naming the file.
+recursively, so one folder per sequence works too. The anomaly protocol needs a brain per subject: the mask
+file <subject>-<mask_suffix>.nii.gz (default suffix 'mask') when there is one, otherwise the voxels that are
+not background in every sequence (skull-stripped data). IXI downloads are not co-registered (the T1 is
+sagittal, the T2 axial, on different grids): ``resample`` ('first' or '1mm', see
+:mod:`data_pipelines.resample`) brings them onto one grid by their affines; without it, different grids
+stop with an error. Every problem stops with one DataError line naming the file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data_pipelines import resample as resample_lib
+from data_pipelines import slices
 from data_pipelines.brats import DataError, _check_finite, _read
 
 _FILE = re.compile(r"^(IXI\d+-[A-Za-z]+-\d+)-(T1|T2|PD)\.nii(\.gz)?$")
@@ -41,7 +45,7 @@ def _mask_file(folder: pathlib.Path, subject: str, suffix: str) -> pathlib.Path 
 def find_subjects(
     root: str | os.PathLike[str], sequences: Sequence[str] = ("t1", "t2"), mask_suffix: str = "mask"
 ) -> list[SubjectFiles]:
-    """Subjects under root that have every wanted sequence (and a mask file when mask_suffix is set)."""
+    """Subjects under root that have every wanted sequence, with their mask file where there is one."""
     wanted = tuple(s.lower() for s in sequences)
     if not wanted or any(s not in SEQUENCES for s in wanted) or len(set(wanted)) != len(wanted):
         raise DataError(f"sequences={list(sequences)}: expected names from {SEQUENCES}")
@@ -70,37 +74,53 @@ def find_subjects(
             expected = ", ".join(f"{sid}-{s.upper()}.nii.gz" for s in missing)
             raise DataError(f"{folder}: subject {sid} lacks {', '.join(missing)} (expected {expected})")
         first = files[wanted[0]]
-        mask = None
-        if mask_suffix:
-            mask = _mask_file(first.parent, sid, mask_suffix)
-            if mask is None:
-                raise DataError(
-                    f"{first.parent / f'{sid}-{mask_suffix}.nii.gz'}: brain mask missing "
-                    "(set data.mask_suffix='' for skull-stripped scans)"
-                )
+        mask = _mask_file(first.parent, sid, mask_suffix) if mask_suffix else None
         subjects.append(SubjectFiles(sid, {s: files[s] for s in wanted}, mask))
     return subjects
 
 
-def load_subject(files: SubjectFiles) -> dict[str, np.ndarray]:
-    """{sequence: float32 volume, 'brain': bool, 'affine'}; one grid for all, finite, non-empty brain."""
-    out: dict[str, np.ndarray] = {}
-    ref_path, ref_img, ref_shape = None, None, None
+def load_subject(files: SubjectFiles, resample: str = "") -> dict[str, np.ndarray]:
+    """{sequence: float32 volume, 'brain': bool, 'affine'}: one grid for all, finite, a non-empty brain.
+
+    ``resample`` '' requires one grid already; 'first' / '1mm' resample every sequence (linear) and the
+    mask (nearest) onto the grid :func:`data_pipelines.resample.target_grid` derives from the first.
+    """
+    if resample not in resample_lib.MODES:
+        raise DataError(f"data.resample={resample!r}: expected one of {resample_lib.MODES}")
     paths = list(files.images.items()) + ([("brain", files.mask)] if files.mask is not None else [])
+    read = {}
     for name, path in paths:
         img, data = _read(path)
         _check_finite(path, data)
-        if ref_img is None:
-            ref_path, ref_img, ref_shape = path, img, data.shape
-        elif data.shape != ref_shape:
-            raise DataError(f"{path}: shape {data.shape} differs from {ref_shape} of {ref_path.name}")
-        elif not np.allclose(img.affine, ref_img.affine, atol=1e-3):
-            raise DataError(f"{path}: affine differs from that of {ref_path.name} (register the sequences)")
-        out[name] = np.asarray(data, np.float32)
+        read[name] = (path, img, data)
+    first_path, first_img, first_data = read[next(iter(files.images))]
+    if resample:
+        shape, affine = resample_lib.target_grid(first_img, resample)
+    else:
+        shape, affine = first_data.shape, np.asarray(first_img.affine, np.float64)
+    out: dict[str, np.ndarray] = {}
+    for name, (path, img, data) in read.items():
+        if resample:
+            order = 0 if name == "brain" else 1
+            out[name] = resample_lib.resample_to(data, img.affine, shape, affine, order=order)
+        elif data.shape != shape:
+            raise DataError(
+                f"{path}: shape {data.shape} differs from {shape} of {first_path.name} "
+                "(set data.resample=first or 1mm to resample onto one grid)"
+            )
+        elif not np.allclose(img.affine, affine, atol=1e-3):
+            raise DataError(
+                f"{path}: affine differs from that of {first_path.name} "
+                "(set data.resample=first or 1mm to resample onto one grid)"
+            )
+        else:
+            out[name] = np.asarray(data, np.float32)
     brain = out.pop("brain", None)
-    first = next(iter(files.images))
-    out["brain"] = (brain > 0) if brain is not None else (out[first] > 0)
+    if brain is not None:
+        out["brain"] = brain > 0
+    else:  # skull-stripped: brain where no sequence is background
+        out["brain"] = np.all([out[s] != slices.background_value(out[s]) for s in files.images], axis=0)
     if not out["brain"].any():
-        raise DataError(f"{files.mask or files.images[first]}: empty brain mask")
-    out["affine"] = np.asarray(ref_img.affine, np.float64)
+        raise DataError(f"{files.mask or first_path}: empty brain mask")
+    out["affine"] = np.asarray(affine, np.float64)
     return out

@@ -136,16 +136,16 @@ def find_custom_cases(
 
 
 def _channels(dataset_json: pathlib.Path, spec: Mapping[str, Any]) -> dict[str, int]:
-    """sequence -> channel index from `channel_names` (nnU-Net v2) or `modality` (MSD, nnU-Net v1)."""
+    """sequence -> channel index from `channel_names` (nnU-Net v2) or `modality` (MSD, nnU-Net v1), for the
+    channels that are one of the four sequences."""
     names = spec.get("channel_names") or spec.get("modality")
     if not isinstance(names, dict) or not names:
         raise DataError(f'{dataset_json}: needs "channel_names" or "modality" (channel index -> sequence)')
     out: dict[str, int] = {}
     for index, name in names.items():
         canonical = sequence_name(str(name))
-        if canonical is None:
-            raise DataError(f"{dataset_json}: unknown sequence {name!r} (channel {index})")
-        out[canonical] = int(index)
+        if canonical is not None:  # other channels (DWI, ADC, ...) are not read
+            out[canonical] = int(index)
     return out
 
 

@@ -192,7 +192,8 @@ def anomaly_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     d.grid = (64, 64, 32)  # H, W, axial slices after cropping to the brain (the papers: 96 x 96 x 50)
     d.healthy_root = config_dict.placeholder(str)  # an IXI folder; None -> phantom healthy subjects
     d.healthy_subjects = 40
-    d.mask_suffix = "mask"  # <subject>-<suffix>.nii.gz brain masks; '' = voxels > 0 (skull-stripped data)
+    d.mask_suffix = "mask"  # <subject>-<suffix>.nii.gz brain masks; absent or '' = the data's non-background
+    d.resample = ""  # healthy sequences on different grids (IXI): 'first' (the first's grid, RAS) or '1mm'
     d.min_brain_fraction = 0.05  # training slices need this much brain
     d.tumour_split_fractions = (0.0, 0.5, 0.5)  # BraTS-layout cases: none train, half val, half test
     d.image_size = d.grid[0]

@@ -4,12 +4,14 @@ Tiny sizes throughout (4 mm phantom, grids of 16 x 16 x 8) so the file runs in s
 """
 
 import json
+import pathlib
 import re
 
 import ml_collections
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import require_real_data
 
 from data_pipelines import anomaly_data, brats, ixi, phantom, phantom_ixi, sources
 from data_pipelines.brats import DataError
@@ -181,10 +183,10 @@ def test_find_subjects_missing_sequence_and_mask(hand_made):
         ixi.find_subjects(hand_made)
     _one_line_naming(exc, "IXI012-HH-1211", "IXI012-HH-1211-T2.nii")
     assert len(ixi.find_subjects(hand_made, sequences=("t1",))) == 2
-    (hand_made / "IXI002-Guys-0828-mask.nii.gz").unlink()
-    with pytest.raises(DataError) as exc:
-        ixi.find_subjects(hand_made, sequences=("t1",))
-    _one_line_naming(exc, "IXI002-Guys-0828-mask.nii")
+    (hand_made / "IXI002-Guys-0828-mask.nii.gz").unlink()  # no mask file: the brain comes from the data
+    without_mask = ixi.find_subjects(hand_made, sequences=("t1",))[0]
+    assert without_mask.mask is None
+    np.testing.assert_array_equal(ixi.load_subject(without_mask)["brain"], _volume() > 0)
 
 
 @pytest.mark.parametrize(
@@ -394,3 +396,24 @@ def test_volumes_to_slices_drops_near_empty_slices():
     np.testing.assert_array_equal(out["image"][1], image[3])
     assert not out["label"][:2].any() and out["label"][3].sum() == 4
     np.testing.assert_array_equal(out["brain"][0, ..., 0], brain[2])
+
+
+IXI_REAL = pathlib.Path(__file__).resolve().parents[2] / "shared" / "real" / "ixi-one-subject"
+
+
+@pytest.mark.parametrize("mode", ["first", "1mm"])
+def test_real_ixi_t1_and_t2_come_onto_one_grid(mode):
+    require_real_data(IXI_REAL)
+    (subject,) = ixi.find_subjects(IXI_REAL)  # no mask files: the brain comes from the skull-stripped data
+    assert subject.mask is None
+    with pytest.raises(DataError, match=r"IXI002-Guys-0828-T2.nii.gz: shape .*data.resample=first or 1mm"):
+        ixi.load_subject(subject)
+    data = ixi.load_subject(subject, resample=mode)
+    assert data["t1"].shape == data["t2"].shape == data["brain"].shape
+    assert nib.aff2axcodes(data["affine"]) == ("R", "A", "S")  # the third axis is axial
+    if mode == "1mm":
+        np.testing.assert_allclose(np.sqrt((data["affine"][:3, :3] ** 2).sum(axis=0)), 1.0, atol=0.02)
+    # Aligned by the affines: the two skull-stripped brains overlap (unaligned grids would not).
+    t1, t2 = data["t1"] > 0, data["t2"] > 0
+    assert 2 * (t1 & t2).sum() / (t1.sum() + t2.sum()) > 0.9
+    np.testing.assert_array_equal(data["brain"], t1 & t2)

@@ -125,3 +125,24 @@ def test_unknown_task_is_one_line_listing_the_known_ones(tmp_path, cli):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last == "error: unknown task 'segmentaton'; known tasks: anomaly, segmentation, synthesis"
+
+
+def test_shared_brats2013_cases_train_and_evaluate_through_a_layout_file(tmp_path, cli):
+    real = ROOT.parent / "shared" / "real" / "brats2013-two-sequences"
+    require_real_data(real)
+    data = [
+        f"--config.data.root={real}",
+        "--config.data.layout=configs/layouts/brats2013_two_sequences.json",
+        "--config.data.available=t1ce,flair",
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+    ]
+    cli("run_train.py", SMOKE, f"--workdir={tmp_path}", "--config.train.steps=2", *data)
+    cli("run_eval.py", SMOKE, f"--workdir={tmp_path}", *data)
+    summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert summary["num_cases"] == 1 and set(summary["regions"]) == {"wt", "tc", "et"}
+    case_id = next(csv.DictReader((tmp_path / "eval" / "per_case.csv").open()))["case_id"]
+    pred = nib.load(tmp_path / "eval" / "predictions" / f"{case_id}_seg.nii.gz")  # the folder's name
+    ref = nib.load(real / case_id / "OTMultiClass.nii.gz")
+    assert pred.shape == ref.shape == (240, 240, 155)
+    np.testing.assert_allclose(pred.affine, ref.affine)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 4}  # the BraTS 2013 labels
