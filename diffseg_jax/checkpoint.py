@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffseg_jax import parallel
+from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.methods.base import Method
 from diffseg_jax.train_state import TrainState, create_train_state
 
@@ -56,6 +57,10 @@ class Checkpoints:
         """Restores into the structure, dtypes and shardings of `target` (a pytree of arrays)."""
         return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
+    def restore_as_saved(self, step: int) -> Any:
+        """The checkpoint's tree as it was saved (no target: for reading another run's parameters)."""
+        return self._manager.restore(step, args=ocp.args.StandardRestore())
+
     def close(self) -> None:
         self._manager.close()
 
@@ -88,3 +93,45 @@ def restore_params(
             return state.ema_params, step
         manager.close()
     raise FileNotFoundError(f"no checkpoint in {workdir} (run run_train.py with this --workdir first)")
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
+
+
+def init_from(state: TrainState, source: str | pathlib.Path, mesh) -> TrainState:
+    """`state` with the parameters of another run's best checkpoint (its EMA weights; the newest if it kept
+    no best), for fine-tuning: the optimiser, step and everything else stay fresh.
+
+    A run of a different network stops with one line naming the first parameter that differs.
+    """
+    source = pathlib.Path(source).expanduser()
+    for folder in ("best", "checkpoints"):
+        if not (source / folder).is_dir():
+            continue
+        manager = Checkpoints(source / folder, max_to_keep=None)
+        step = manager.latest_step()
+        if step is None:
+            manager.close()
+            continue
+        raw = manager.restore_as_saved(step)
+        manager.close()
+        break
+    else:
+        raise ConfigError(f"train.init_from={source}: no checkpoint there (a run_train.py workdir expected)")
+    if not isinstance(raw, dict) or "ema_params" not in raw:
+        raise ConfigError(f"train.init_from={source}: {folder}/{step} holds no parameters")
+    mine, theirs = _shapes(state.params), _shapes(raw["ema_params"])
+    for name in sorted(set(mine) | set(theirs)):
+        if mine.get(name) != theirs.get(name):
+            what = lambda s: "absent" if s is None else f"shape {s}"  # noqa: E731
+            raise ConfigError(
+                f"train.init_from={source}: a different network — parameter {name} is "
+                f"{what(theirs.get(name))} there, {what(mine.get(name))} here"
+            )
+    params = jax.tree.map(
+        lambda leaf, like: np.asarray(leaf, like.dtype), raw["ema_params"], jax.device_get(state.params)
+    )
+    params = jax.device_put(params, parallel.replicated(mesh))
+    return state.replace(params=params, ema_params=params)

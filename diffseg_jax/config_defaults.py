@@ -120,6 +120,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     t.keep_checkpoints = 2
     t.sequence_dropout = 0.0  # fraction of examples that see a random subset of the sequences
     t.stop_after = 0  # >0: end this run after that many steps, with a checkpoint (the next run resumes)
+    t.init_from = ""  # a workdir: start from its best parameters (fine-tuning; a fresh optimiser)
 
     c.sampling = s = ml_collections.ConfigDict()
     s.method = "ddim"  # 'ddim' (num_steps) or 'ddpm' (the full chain)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from data_pipelines import input_pipeline
 from diffseg_jax import inference, modalities, parallel, tasks
-from diffseg_jax.checkpoint import Checkpoints
+from diffseg_jax.checkpoint import Checkpoints, init_from
 from diffseg_jax.methods.base import Method
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.train_state import TrainState, create_train_state, ema_decay
@@ -144,6 +144,9 @@ def train_and_evaluate(
     if latest.latest_step() is not None:
         state = latest.restore(latest.latest_step(), state)
         logging.info("resumed from step %d", int(state.step))
+    elif t.get("init_from"):
+        state = init_from(state, t.init_from, mesh)
+        logging.info("parameters from %s (fine-tuning: a fresh optimiser)", t.init_from)
     start = int(state.step)
 
     step_fn = make_train_step(method, config, mesh)

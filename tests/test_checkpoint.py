@@ -10,7 +10,8 @@ import pytest
 from configs import unet_baseline
 from data_pipelines import sources
 from diffseg_jax import parallel
-from diffseg_jax.checkpoint import Checkpoints, restore_params
+from diffseg_jax.checkpoint import Checkpoints, init_from, restore_params
+from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.train_state import TrainState, create_train_state
 
@@ -101,3 +102,29 @@ def test_best_manager_needs_metrics(tmp_path):
     with pytest.raises(ValueError, match="metrics"):
         manager.save(1, {"x": np.zeros(2, np.float32)})
     manager.close()
+
+
+def test_init_from_takes_the_best_parameters_and_a_fresh_optimiser(smoke, tmp_path):
+    config, method, example, state = smoke
+    _write_run(tmp_path, state)
+    moved = state.replace(
+        opt_state=jax.tree.map(lambda x: x + 1 if x.dtype.kind == "f" else x, state.opt_state)
+    )
+    started = init_from(moved, tmp_path, parallel.make_mesh())
+    for tree in (started.params, started.ema_params):  # best/ kept step 3, whose EMA weights are all 1.0
+        assert {float(v) for leaf in jax.tree.leaves(tree) for v in np.unique(leaf)} == {1.0}
+    assert int(started.step) == 0
+    for a, b in zip(jax.tree.leaves(started.opt_state), jax.tree.leaves(moved.opt_state), strict=True):
+        np.testing.assert_array_equal(a, b)  # the optimiser is the one given, not the source run's
+
+
+def test_init_from_a_different_network_is_one_line(smoke, tmp_path):
+    config, method, example, state = smoke
+    _write_run(tmp_path, state)
+    wider = config.copy_and_resolve_references()
+    wider.model.base_features = 2 * config.model.base_features
+    other = create_train_state(wider, build_method(wider), example)
+    with pytest.raises(ConfigError, match=r"a different network — parameter .* is shape \(.*\) there, shape"):
+        init_from(other, tmp_path, parallel.make_mesh())
+    with pytest.raises(ConfigError, match="no checkpoint there"):
+        init_from(state, tmp_path / "nowhere", parallel.make_mesh())
