@@ -133,5 +133,6 @@ def init_from(state: TrainState, source: str | pathlib.Path, mesh) -> TrainState
     params = jax.tree.map(
         lambda leaf, like: np.asarray(leaf, like.dtype), raw["ema_params"], jax.device_get(state.params)
     )
-    params = jax.device_put(params, parallel.replicated(mesh))
-    return state.replace(params=params, ema_params=params)
+    # Two transfers, two sets of buffers: the train step donates params and EMA params separately.
+    put = lambda: jax.device_put(params, parallel.replicated(mesh))  # noqa: E731
+    return state.replace(params=put(), ema_params=put())

@@ -114,6 +114,8 @@ def test_init_from_takes_the_best_parameters_and_a_fresh_optimiser(smoke, tmp_pa
     for tree in (started.params, started.ema_params):  # best/ kept step 3, whose EMA weights are all 1.0
         assert {float(v) for leaf in jax.tree.leaves(tree) for v in np.unique(leaf)} == {1.0}
     assert int(started.step) == 0
+    for a, b in zip(jax.tree.leaves(started.params), jax.tree.leaves(started.ema_params), strict=True):
+        assert a.unsafe_buffer_pointer() != b.unsafe_buffer_pointer()  # the train step donates both
     for a, b in zip(jax.tree.leaves(started.opt_state), jax.tree.leaves(moved.opt_state), strict=True):
         np.testing.assert_array_equal(a, b)  # the optimiser is the one given, not the source run's
 
