@@ -10,6 +10,7 @@ import pathlib
 from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -133,6 +134,6 @@ def init_from(state: TrainState, source: str | pathlib.Path, mesh) -> TrainState
     params = jax.tree.map(
         lambda leaf, like: np.asarray(leaf, like.dtype), raw["ema_params"], jax.device_get(state.params)
     )
-    # Two transfers, two sets of buffers: the train step donates params and EMA params separately.
-    put = lambda: jax.device_put(params, parallel.replicated(mesh))  # noqa: E731
-    return state.replace(params=put(), ema_params=put())
+    params = jax.device_put(params, parallel.replicated(mesh))
+    # A copy, not the same buffers: the train step donates params and EMA params separately.
+    return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
