@@ -26,7 +26,8 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from data_pipelines import conventions, slices
+from data_pipelines import brain as brain_lib
+from data_pipelines import conventions
 from data_pipelines.conventions import Convention
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -362,7 +363,7 @@ def load_case(case: CaseFiles) -> CaseVolume:
         if not brain.any():
             raise DataError(f"{case.brain_mask}: empty brain mask")
     else:
-        brain = slices.brain_mask(images)
+        brain = brain_lib.brain_mask(images)
     header = ref_img.header.copy()
     spacing = tuple(float(z) for z in header.get_zooms()[:3])
     return CaseVolume(

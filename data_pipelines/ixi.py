@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from data_pipelines import resample as resample_lib
-from data_pipelines import slices
+from data_pipelines.brain import background_value
 from data_pipelines.brats import DataError, _check_finite, _read
 
 _FILE = re.compile(r"^(IXI\d+-[A-Za-z]+-\d+)-(T1|T2|PD)\.nii(\.gz)?$")
@@ -119,7 +119,7 @@ def load_subject(files: SubjectFiles, resample: str = "") -> dict[str, np.ndarra
     if brain is not None:
         out["brain"] = brain > 0
     else:  # skull-stripped: brain where no sequence is background
-        out["brain"] = np.all([out[s] != slices.background_value(out[s]) for s in files.images], axis=0)
+        out["brain"] = np.all([out[s] != background_value(out[s]) for s in files.images], axis=0)
     if not out["brain"].any():
         raise DataError(f"{files.mask or first_path}: empty brain mask")
     out["affine"] = np.asarray(affine, np.float64)

@@ -22,28 +22,6 @@ _CLIP = 5.0
 TARGET_CHANNELS = {"regions": 3, "wt": 1}
 
 
-def background_value(channel: np.ndarray) -> float:
-    """The value most common on the volume's six faces: 0 for BraTS, a constant negative value for scans
-    z-scored before skull-stripping's zeros were replaced, the air level of raw data."""
-    channel = np.asarray(channel)
-    faces = [channel[[0, -1]], channel[:, [0, -1]], channel[:, :, [0, -1]]]
-    values, counts = np.unique(np.concatenate([f.ravel() for f in faces]), return_counts=True)
-    return float(values[np.argmax(counts)])
-
-
-def brain_mask(images: np.ndarray) -> np.ndarray:
-    """Bool [X,Y,Z] brain mask of skull-stripped scans: every voxel where some sequence differs from its
-    background value (:func:`background_value`); a missing (all-zero) sequence adds nothing."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    mask = np.zeros(images.shape[:3], dtype=bool)
-    for k in range(images.shape[-1]):
-        channel = images[..., k]
-        mask |= channel != background_value(channel)
-    return mask
-
-
 def normalize(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Z-score each modality over brain voxels (intensities are scanner-arbitrary).
 

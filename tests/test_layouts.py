@@ -13,6 +13,7 @@ from conftest import require_real_data
 from test_brats_reader import AFFINE, write
 
 from data_pipelines import brats, conventions, layouts, slices
+from data_pipelines.brain import background_value, brain_mask
 from data_pipelines.brats import MODALITIES, DataError
 from diffseg_jax import outputs
 
@@ -169,7 +170,7 @@ def test_background_that_is_not_zero_is_not_brain():
     flair = np.where(brain, rng.normal(0.0, 1.0, brain.shape), -2.75).astype(np.float32)  # z-scored
     images = np.zeros((*brain.shape, 4), np.float32)
     images[..., 3] = flair
-    np.testing.assert_array_equal(slices.brain_mask(images), brain)
+    np.testing.assert_array_equal(brain_mask(images), brain)
     normed = slices.normalize(images, brain)
     assert abs(normed[..., 3][brain].mean()) < 1e-5 and abs(normed[..., 3][brain].std() - 1) < 1e-3
     assert not normed[~brain].any() and not normed[..., :3].any()  # missing sequences stay absent
@@ -186,8 +187,8 @@ def test_shared_brats2013_cases_through_the_layout_file():
     mask = np.asarray(nib.load(cases[0].brain_mask).dataobj) > 0.5
     np.testing.assert_array_equal(volume.brain, mask)  # from the mask file
     flair = volume.images[..., 3]
-    assert slices.background_value(flair) < -1  # z-scored: the background is a negative constant
-    np.testing.assert_array_equal(slices.brain_mask(volume.images), mask)  # the data agree with the file
+    assert background_value(flair) < -1  # z-scored: the background is a negative constant
+    np.testing.assert_array_equal(brain_mask(volume.images), mask)  # the data agree with the file
     assert set(np.unique(volume.seg)) == {0, 1, 2, 3, 4}
     normed = slices.normalize(volume.images, volume.brain)
     assert abs(normed[..., 3][volume.brain].mean()) < 0.05 and not normed[~volume.brain].any()

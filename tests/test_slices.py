@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import slices as sl
+from data_pipelines.brain import brain_mask
 
 
 def _box_volume(shape: tuple[int, int, int], box: tuple[slice, slice, slice], k: int = 4):
@@ -19,7 +20,7 @@ def _box_volume(shape: tuple[int, int, int], box: tuple[slice, slice, slice], k:
 def test_brain_mask_any_modality_nonzero():
     images = np.zeros((4, 5, 6, 4), np.float32)
     images[1, 2, 3, 2] = -0.5
-    mask = sl.brain_mask(images)
+    mask = brain_mask(images)
     assert mask.shape == (4, 5, 6) and mask.dtype == bool
     assert mask.sum() == 1 and mask[1, 2, 3]
 
@@ -90,7 +91,7 @@ def test_downsampled_round_trip_is_close_for_smooth_volume():
 def test_typical_and_odd_volume_shapes(shape):
     x, y, z = shape
     vol = _box_volume(shape, (slice(x // 5, 4 * x // 5), slice(y // 6, 5 * y // 6), slice(5, z - 5)))
-    g = sl.slice_geometry(sl.brain_mask(vol), image_size=32)
+    g = sl.slice_geometry(brain_mask(vol), image_size=32)
     zs = np.array([0, z // 2, z - 1])
     s = sl.to_slices(vol, g, zs)
     assert s.shape == (3, 32, 32, 4)
@@ -141,7 +142,7 @@ def _fake_case(seg: np.ndarray | None):
     images = np.zeros((20, 24, 12, 4), np.float32)
     images[3:17, 4:20, 2:10] = np.random.default_rng(0).uniform(1, 2, (14, 16, 8, 4))
     images[..., 2] = 0  # missing t2
-    brain = sl.brain_mask(images)
+    brain = brain_mask(images)
     return SimpleNamespace(images=images, seg=seg, convention="brats2021", case_id="c", brain=brain)
 
 
