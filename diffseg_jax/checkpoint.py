@@ -21,6 +21,15 @@ from diffseg_jax.methods.base import Method
 from diffseg_jax.train_state import TrainState, create_train_state
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message is one line naming it."""
+
+
+def reason(err: BaseException) -> str:
+    """An exception as one short line (orbax and TensorStore messages run to pages)."""
+    return " ".join(str(err).split())[:200] or type(err).__name__
+
+
 class Checkpoints:
     """`latest` keeps the newest `max_to_keep` steps (resume); `best_metric` keeps the best by a metric."""
 
@@ -30,10 +39,14 @@ class Checkpoints:
         max_to_keep: int | None = 2,
         best_metric: str | None = None,
         best_mode: Literal["max", "min"] = "max",
+        cleanup_tmp: bool = False,
     ):
+        """`cleanup_tmp`: remove the half-written saves a killed run left (only the run that holds the workdir
+        may: a reader could otherwise delete a save in progress)."""
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
+            cleanup_tmp_directories=cleanup_tmp,
             best_fn=(lambda m: m[best_metric]) if best_metric else None,
             best_mode=best_mode,
             enable_async_checkpointing=False,
@@ -47,6 +60,18 @@ class Checkpoints:
 
     def best_step(self) -> int | None:
         return self._manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def set_aside(self, step: int) -> pathlib.Path:
+        """Renames an unreadable step's folder to `<step>.unreadable` (kept for a look, no longer a step)."""
+        source = self.directory / str(step)
+        target = self.directory / f"{step}.unreadable"
+        if source.is_dir():
+            source.rename(target)
+        self._manager.reload()
+        return target
 
     def save(self, step: int, state: Any, metrics: dict[str, float] | None = None) -> None:
         if self._best_metric and metrics is None:
@@ -89,8 +114,14 @@ def restore_params(
         manager = Checkpoints(workdir / folder, max_to_keep=None)
         step = manager.latest_step()
         if step is not None:
-            state: TrainState = manager.restore(step, target)
-            manager.close()
+            try:
+                state: TrainState = manager.restore(step, target)
+            except Exception as err:  # orbax / TensorStore raise many kinds for a damaged checkpoint
+                hint = " (--config.eval.checkpoint=latest reads checkpoints/)" if folder == "best" else ""
+                where = workdir / folder / str(step)
+                raise CheckpointError(f"{where}: unreadable ({reason(err)}){hint}") from None
+            finally:
+                manager.close()
             return state.ema_params, step
         manager.close()
     raise FileNotFoundError(f"no checkpoint in {workdir} (run run_train.py with this --workdir first)")

@@ -29,7 +29,8 @@ def main(mode: str) -> None:
     def run(argv):
         del argv
         from data_pipelines.brats import DataError
-        from diffseg_jax import parallel, tasks
+        from diffseg_jax import parallel, tasks, workdir_lock
+        from diffseg_jax.checkpoint import CheckpointError
         from diffseg_jax.config_defaults import ConfigError
 
         try:
@@ -43,15 +44,24 @@ def main(mode: str) -> None:
                 from diffseg_jax import train  # TensorFlow (tf.data, TensorBoard) loads with it
 
                 try:
-                    train.train_and_evaluate(config.value, workdir.value)
-                except train.TrainingDiverged as err:
+                    state = train.train_and_evaluate(config.value, workdir.value)
+                except (train.TrainingDiverged, CheckpointError, workdir_lock.WorkdirBusy) as err:
                     sys.exit(f"error: {err}")
+                if int(state.step) < config.value.train.steps:
+                    print(
+                        f"stopped at step {int(state.step)} of {config.value.train.steps} (saved); "
+                        "the same command resumes",
+                        file=sys.stderr,
+                    )
+                    sys.exit(train.EXIT_STOPPED)
                 return
             summary = task.evaluate(config.value, workdir.value, True)
             for line in task.summary_lines(config.value, summary):
                 print(line)
-        except (ConfigError, DataError, FileNotFoundError) as err:
+        except (ConfigError, DataError, FileNotFoundError, CheckpointError) as err:
             sys.exit(f"error: {err}")
+        except OSError as err:  # a full disk or a read-only folder: the path and the cause
+            sys.exit(f"error: {err.filename or ''}: {err.strerror or err}")
 
     def parse_flags(argv):
         """Flags parsing whose errors (e.g. an unknown config key) are one line, not a traceback."""

@@ -6,6 +6,7 @@ the task `config.task` names (`diffseg_jax/tasks/`); this loop has no branch on 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import pathlib
@@ -22,8 +23,8 @@ from clu import metric_writers
 from tqdm.auto import tqdm
 
 from data_pipelines import input_pipeline
-from diffseg_jax import inference, modalities, parallel, tasks
-from diffseg_jax.checkpoint import Checkpoints, init_from
+from diffseg_jax import inference, modalities, parallel, tasks, workdir_lock
+from diffseg_jax.checkpoint import CheckpointError, Checkpoints, init_from, reason
 from diffseg_jax.methods.base import Method
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.train_state import TrainState, create_train_state, ema_decay
@@ -87,26 +88,38 @@ def make_train_step(method: Method, config: ml_collections.ConfigDict, mesh):
     )
 
 
+# The exit status of a run that stopped early (SIGTERM, SIGINT, train.stop_after) with its last step saved:
+# the same command resumes it. 0 = finished, 1 = failed (one `error:` line), 75 = stopped (EX_TEMPFAIL).
+EXIT_STOPPED = 75
+
+
 class _StopRequest:
-    """Turns SIGTERM into a flag checked between steps, so a preempted run saves and exits."""
+    """Turns SIGTERM and SIGINT into a flag checked after every step, so a preempted run saves the step it
+    reached and exits; a second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+                pass
         return self
 
     def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
         self.requested = True
+        logging.warning("%s received: stopping after the current step", signal.Signals(signum).name)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def train_and_evaluate(
@@ -122,6 +135,39 @@ def train_and_evaluate(
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    lock = workdir_lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock, _StopRequest() as stop:
+        return _train(config, workdir, progress, stop_after, stop)
+
+
+def _resume(latest: Checkpoints, state: TrainState) -> TrainState:
+    """The newest readable checkpoint; unreadable newer ones are set aside with one warning line each."""
+    steps = sorted(latest.all_steps(), reverse=True)
+    for step in steps:
+        try:
+            restored = latest.restore(step, state)
+        except Exception as err:  # orbax / TensorStore raise many kinds for a damaged checkpoint
+            logging.warning(
+                "checkpoint %s/%d is unreadable, skipped (%s)", latest.directory, step, reason(err)
+            )
+            continue
+        for newer in steps[: steps.index(step)]:
+            latest.set_aside(newer)
+        logging.info("resumed from step %d", int(restored.step))
+        return restored
+    raise CheckpointError(
+        f"{latest.directory}: no readable checkpoint among steps {sorted(steps)} "
+        "(move the folder away to start afresh)"
+    )
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    progress: bool,
+    stop_after: int | None,
+    stop: _StopRequest,
+) -> TrainState:
     t = config.train
     if stop_after is None:
         stop_after = t.get("stop_after", 0) or None
@@ -137,13 +183,16 @@ def train_and_evaluate(
     sample = {k: train_arrays[k][:1] for k in ("image", "label")}
     state = create_train_state(config, method, sample)
     state = jax.device_put(state, parallel.replicated(mesh))
-    latest = Checkpoints(workdir / "checkpoints", max_to_keep=t.keep_checkpoints)
+    latest = Checkpoints(workdir / "checkpoints", max_to_keep=t.keep_checkpoints, cleanup_tmp=True)
     best = Checkpoints(
-        workdir / "best", max_to_keep=1, best_metric=task.selection_label, best_mode=task.selection_mode
+        workdir / "best",
+        max_to_keep=1,
+        best_metric=task.selection_label,
+        best_mode=task.selection_mode,
+        cleanup_tmp=True,
     )
-    if latest.latest_step() is not None:
-        state = latest.restore(latest.latest_step(), state)
-        logging.info("resumed from step %d", int(state.step))
+    if latest.all_steps():
+        state = _resume(latest, state)
     elif t.get("init_from"):
         state = init_from(state, t.init_from, mesh)
         logging.info("parameters from %s (fine-tuning: a fresh optimiser)", t.init_from)
@@ -176,11 +225,10 @@ def train_and_evaluate(
     last_saved = start
     step_seconds: list[float] = []
     tic = time.perf_counter()
-    with (
-        _StopRequest() as stop,
-        tqdm(total=t.steps, initial=start, desc="training", disable=not progress) as bar,
-    ):
-        for step in range(start, t.steps):
+    if stop.requested:  # while the data were prepared: nothing new to save
+        logging.warning("stop requested before the first step of this run: stopping at step %d", start)
+    with tqdm(total=t.steps, initial=start, desc="training", disable=not progress) as bar:
+        for step in range(start if not stop.requested else t.steps, t.steps):
             batch = parallel.global_batch(mesh, next(batches))
             step_tic = time.perf_counter()
             state, metrics = step_fn(state, batch)
@@ -211,11 +259,12 @@ def train_and_evaluate(
                 bar.set_postfix(loss=f"{loss:.4f}")
             if stop_after is not None and done - start >= stop_after:
                 stop.requested = True
+            if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+                bar.set_postfix({task.selection_label: f"{validate(state, done):.3f}"})
+            # After validation: a stop requested while it ran still saves this step.
             if done % t.checkpoint_every == 0 or done == t.steps or stop.requested:
                 latest.save(done, state)
                 last_saved = done
-            if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
-                bar.set_postfix({task.selection_label: f"{validate(state, done):.3f}"})
             if stop.requested:
                 logging.warning("stop requested: saved step %d, stopping", last_saved)
                 break

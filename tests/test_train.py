@@ -23,7 +23,7 @@ from data_pipelines import input_pipeline, sources
 from diffseg_jax import parallel
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.registry import build_method
-from diffseg_jax.train import TrainingDiverged, make_train_step, train_and_evaluate
+from diffseg_jax.train import EXIT_STOPPED, TrainingDiverged, make_train_step, train_and_evaluate
 from diffseg_jax.train_state import create_train_state, learning_rate_schedule
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -281,8 +281,8 @@ def test_sigterm_saves_the_step_reached_and_the_next_run_resumes_from_it(tmp_pat
             proc.kill()
             proc.wait()
     log = err_path.read_text(errors="replace")
-    # The handler only sets a flag: the loop saves after the current step and returns normally.
-    assert code == 0, log[-3000:]
+    # The handler only sets a flag: the loop saves after the current step and exits "stopped, resumable".
+    assert code == EXIT_STOPPED, log[-3000:]
     assert "Traceback" not in log
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     reached = summary["final_step"]
@@ -294,7 +294,7 @@ def test_sigterm_saves_the_step_reached_and_the_next_run_resumes_from_it(tmp_pat
     second = subprocess.run(
         [*args, "--config.train.stop_after=2"], cwd=ROOT, capture_output=True, text=True, timeout=900
     )
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == EXIT_STOPPED, second.stderr[-3000:]  # stop_after: stopped early too
     assert f"resumed from step {reached}" in second.stderr
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["steps_this_run"] == 2 and summary["final_step"] == reached + 2

@@ -1,0 +1,110 @@
+"""Faults a run survives: a stop during validation, two runs on one workdir, a damaged checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from configs import unet_baseline
+from data_pipelines import sources
+from diffseg_jax import parallel, workdir_lock
+from diffseg_jax.checkpoint import CheckpointError, Checkpoints, restore_params
+from diffseg_jax.methods.registry import build_method
+from diffseg_jax.tasks import segmentation
+from diffseg_jax.train import _resume, train_and_evaluate
+from diffseg_jax.train_state import create_train_state
+
+
+def _smoke(**train):
+    config = unet_baseline.get_config("smoke")
+    for key, value in train.items():
+        config.train[key] = value
+    return config
+
+
+def test_a_stop_during_validation_saves_that_step(tmp_path, monkeypatch):
+    config = _smoke(steps=6, checkpoint_every=1000, eval_every=3)  # step 3: validated, not a checkpoint step
+    original = segmentation.TASK.validation_scores
+
+    def validation_then_sigterm(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's signal arrives while validation runs
+        return original(*args)
+
+    monkeypatch.setattr(
+        segmentation,
+        "TASK",
+        dataclasses.replace(segmentation.TASK, validation_scores=validation_then_sigterm),
+    )
+    state = train_and_evaluate(config, tmp_path, progress=False)
+    assert int(state.step) == 3
+    assert Checkpoints(tmp_path / "checkpoints").all_steps() == [3]
+
+
+def test_a_second_run_on_a_busy_workdir_stops_at_once_naming_the_holder(tmp_path):
+    with workdir_lock.hold(tmp_path):
+        with pytest.raises(workdir_lock.WorkdirBusy) as err:
+            train_and_evaluate(_smoke(steps=2), tmp_path, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and f"pid {os.getpid()}" in message and "since" in message
+    with workdir_lock.hold(tmp_path):  # released with its holder: the next run goes ahead
+        pass
+
+
+@pytest.fixture()
+def saved_run(tmp_path):
+    """checkpoints/ with steps 3 and 6 (EMA parameters all 3.0 and 6.0) and best/ with step 6."""
+    config = _smoke()
+    method = build_method(config)
+    state = create_train_state(config, method, sources.example_slices(config))
+    for folder, steps in (("checkpoints", (3, 6)), ("best", (6,))):
+        manager = Checkpoints(tmp_path / folder, max_to_keep=None)
+        for step in steps:
+            filled = jax.tree.map(lambda p, s=step: np.full_like(p, float(s)), state.ema_params)
+            manager.save(step, state.replace(step=np.int32(step), ema_params=filled))
+        manager.close()
+    return config, method, state, tmp_path
+
+
+def _damage(step_dir):
+    """Overwrites every data file of a checkpoint, as a disk error or a half-copied folder would."""
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 0]
+    for path in files:
+        path.write_bytes(b"\x00garbage" * 8)
+    assert files
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(saved_run, caplog):
+    config, method, state, workdir = saved_run
+    _damage(workdir / "checkpoints" / "6")
+    latest = Checkpoints(workdir / "checkpoints", max_to_keep=None)
+    with caplog.at_level(logging.WARNING):
+        resumed = _resume(latest, state)
+    assert int(resumed.step) == 3
+    assert {float(v) for leaf in jax.tree.leaves(resumed.ema_params) for v in np.unique(leaf)} == {3.0}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "checkpoints/6 is unreadable, skipped" in warnings[0]
+    assert (workdir / "checkpoints" / "6.unreadable").is_dir() and latest.all_steps() == [3]
+    _damage(workdir / "checkpoints" / "3")
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint among steps \[3\]"):
+        _resume(Checkpoints(workdir / "checkpoints", max_to_keep=None), state)
+
+
+def test_eval_on_a_damaged_best_checkpoint_is_one_line(saved_run):
+    config, method, state, workdir = saved_run
+    _damage(workdir / "best" / "6")
+    example = sources.example_slices(config)
+    with pytest.raises(CheckpointError) as err:
+        restore_params(config, workdir, method, parallel.make_mesh(), example)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{workdir / 'best' / '6'}: unreadable")
+    assert "eval.checkpoint=latest" in message
+    latest = config.copy_and_resolve_references()
+    latest.eval.checkpoint = "latest"
+    _, step = restore_params(latest, workdir, method, parallel.make_mesh(), example)
+    assert step == 6
