@@ -76,8 +76,11 @@ class Checkpoints:
     def save(self, step: int, state: Any, metrics: dict[str, float] | None = None) -> None:
         if self._best_metric and metrics is None:
             raise ValueError("a best-by-metric checkpoint needs metrics")
-        self._manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+            self._manager.wait_until_finished()
+        except OSError as err:  # orbax writes to a temporary folder first: the previous steps stay intact
+            raise OSError(err.errno, err.strerror or str(err), str(self.directory / str(step))) from err
 
     def restore(self, step: int, target: Any) -> Any:
         """Restores into the structure, dtypes and shardings of `target` (a pytree of arrays)."""

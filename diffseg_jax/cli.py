@@ -29,7 +29,7 @@ def main(mode: str) -> None:
     def run(argv):
         del argv
         from data_pipelines.brats import DataError
-        from diffseg_jax import parallel, tasks, workdir_lock
+        from diffseg_jax import parallel, stop_signal, tasks, workdir_lock
         from diffseg_jax.checkpoint import CheckpointError
         from diffseg_jax.config_defaults import ConfigError
 
@@ -53,9 +53,13 @@ def main(mode: str) -> None:
                         "the same command resumes",
                         file=sys.stderr,
                     )
-                    sys.exit(train.EXIT_STOPPED)
+                    sys.exit(stop_signal.EXIT_STOPPED)
                 return
-            summary = task.evaluate(config.value, workdir.value, True)
+            try:
+                summary = task.evaluate(config.value, workdir.value, True)
+            except stop_signal.Stopped as err:
+                print(f"{err}; the same command resumes", file=sys.stderr)
+                sys.exit(stop_signal.EXIT_STOPPED)
             for line in task.summary_lines(config.value, summary):
                 print(line)
         except (ConfigError, DataError, FileNotFoundError, CheckpointError) as err:

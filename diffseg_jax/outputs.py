@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import nibabel as nib
@@ -34,24 +34,31 @@ class OnGrid(Protocol):
     images: np.ndarray
 
 
-def _temporary(path: pathlib.Path, suffix: str = "") -> pathlib.Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    return pathlib.Path(tmp)
+def _atomic(path: pathlib.Path, write: Callable[[pathlib.Path], Any], suffix: str = "") -> pathlib.Path:
+    """`write(tmp)` to a temporary name beside `path`, then renamed over it: `path` is whole or as it was.
+
+    A failed write (a full disk, a read-only folder) leaves no temporary file and raises an OSError that
+    names `path`, for a one-line message.
+    """
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        os.close(fd)
+        tmp = pathlib.Path(name)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return path
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> pathlib.Path:
     """Writes `text` to `path` atomically (parents created)."""
-    path = pathlib.Path(path)
-    tmp = _temporary(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return _atomic(pathlib.Path(path), lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: str | os.PathLike[str], value: Any) -> pathlib.Path:
@@ -90,14 +97,7 @@ def _save_image(image: nib.Nifti1Image, path: pathlib.Path) -> pathlib.Path:
     ext = next((e for e in NIFTI_EXTENSIONS if path.name.endswith(e)), None)
     if ext is None:
         raise DataError(f"{path}: output name must end in .nii.gz or .nii")
-    tmp = _temporary(path, suffix=ext)  # nibabel picks the format by the extension
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return _atomic(path, lambda tmp: nib.save(image, tmp), suffix=ext)  # nibabel: format by extension
 
 
 def save_nifti(
@@ -137,12 +137,4 @@ def save_overlay(path: str | os.PathLike[str], title: str, panels: list[Panel]) 
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = pathlib.Path(path)
-    tmp = _temporary(path, suffix=".png")
-    try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return _atomic(pathlib.Path(path), lambda tmp: fig.savefig(tmp, dpi=80), suffix=".png")

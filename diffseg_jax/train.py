@@ -10,7 +10,6 @@ import contextlib
 import functools
 import json
 import pathlib
-import signal
 import time
 
 import jax
@@ -27,6 +26,7 @@ from diffseg_jax import inference, modalities, parallel, tasks, workdir_lock
 from diffseg_jax.checkpoint import CheckpointError, Checkpoints, init_from, reason
 from diffseg_jax.methods.base import Method
 from diffseg_jax.methods.registry import build_method
+from diffseg_jax.stop_signal import StopRequest
 from diffseg_jax.train_state import TrainState, create_train_state, ema_decay
 
 
@@ -88,40 +88,6 @@ def make_train_step(method: Method, config: ml_collections.ConfigDict, mesh):
     )
 
 
-# The exit status of a run that stopped early (SIGTERM, SIGINT, train.stop_after) with its last step saved:
-# the same command resumes it. 0 = finished, 1 = failed (one `error:` line), 75 = stopped (EX_TEMPFAIL).
-EXIT_STOPPED = 75
-
-
-class _StopRequest:
-    """Turns SIGTERM and SIGINT into a flag checked after every step, so a preempted run saves the step it
-    reached and exits; a second signal interrupts at once."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self):
-        for signum in self.SIGNALS:
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        logging.warning("%s received: stopping after the current step", signal.Signals(signum).name)
-
-    def __exit__(self, *exc):
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
@@ -136,7 +102,7 @@ def train_and_evaluate(
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lock = workdir_lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock, _StopRequest() as stop:
+    with lock, StopRequest() as stop:
         return _train(config, workdir, progress, stop_after, stop)
 
 
@@ -166,7 +132,7 @@ def _train(
     workdir: pathlib.Path,
     progress: bool,
     stop_after: int | None,
-    stop: _StopRequest,
+    stop: StopRequest,
 ) -> TrainState:
     t = config.train
     if stop_after is None:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import json
 import logging
 import os
+import pathlib
 import signal
 
 import jax
 import numpy as np
 import pytest
 
-from configs import unet_baseline
+from configs import btsegdiff, unet_baseline
 from data_pipelines import sources
-from diffseg_jax import parallel, workdir_lock
+from diffseg_jax import outputs, parallel, stop_signal, workdir_lock
 from diffseg_jax.checkpoint import CheckpointError, Checkpoints, restore_params
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.tasks import segmentation
@@ -108,3 +111,56 @@ def test_eval_on_a_damaged_best_checkpoint_is_one_line(saved_run):
     latest.eval.checkpoint = "latest"
     _, step = restore_params(latest, workdir, method, parallel.make_mesh(), example)
     assert step == 6
+
+
+def test_a_stopped_evaluation_resumes_without_redoing_finished_cases(trained_run, tmp_path, monkeypatch):
+    workdir = trained_run("btsegdiff-smoke", "--config=configs/btsegdiff.py:smoke")
+    config = btsegdiff.get_config("smoke")
+    config.eval.split, config.eval.max_cases = "train", 2  # the smoke test split has one case
+    config.eval.output_dir = str(tmp_path)
+    segmented: list[str] = []
+    original = segmentation.segment_volume
+
+    def segment_then_sigterm(predict_fn, params, volume, *args, **kwargs):
+        segmented.append(volume.case_id)
+        if len(segmented) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the first case is segmented
+        return original(predict_fn, params, volume, *args, **kwargs)
+
+    monkeypatch.setattr(segmentation, "segment_volume", segment_then_sigterm)
+    with pytest.raises(stop_signal.Stopped, match="evaluation stopped after 1 of 2 cases"):
+        segmentation.evaluate(config, workdir, progress=False)
+    assert not (tmp_path / "metrics.json").exists()  # no table of a partial evaluation
+    first = segmented[0]
+    summary = segmentation.evaluate(config, workdir, progress=False)
+    assert len(segmented) == 2 and segmented[1] != first  # the finished case was not redone
+    assert summary["num_cases"] == 2
+    rows = (tmp_path / "per_case.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith(first)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_leaves_the_previous_output_whole_and_names_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "eval" / "metrics.json"
+    outputs.write_json(path, {"dice": 0.9})
+    monkeypatch.setattr(pathlib.Path, "write_text", _no_space)
+    with pytest.raises(OSError) as err:
+        outputs.write_json(path, {"dice": 0.1})
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(path)
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"dice": 0.9}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]  # no temporary left behind
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(saved_run, monkeypatch):
+    config, method, state, workdir = saved_run
+    latest = Checkpoints(workdir / "checkpoints", max_to_keep=None)
+    monkeypatch.setattr(latest._manager, "save", _no_space)
+    with pytest.raises(OSError) as err:
+        latest.save(9, state)
+    assert err.value.filename == str(workdir / "checkpoints" / "9")
+    monkeypatch.undo()
+    assert int(_resume(Checkpoints(workdir / "checkpoints", max_to_keep=None), state).step) == 6

@@ -23,7 +23,8 @@ from data_pipelines import input_pipeline, sources
 from diffseg_jax import parallel
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.registry import build_method
-from diffseg_jax.train import EXIT_STOPPED, TrainingDiverged, make_train_step, train_and_evaluate
+from diffseg_jax.stop_signal import EXIT_STOPPED
+from diffseg_jax.train import TrainingDiverged, make_train_step, train_and_evaluate
 from diffseg_jax.train_state import create_train_state, learning_rate_schedule
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

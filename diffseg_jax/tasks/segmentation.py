@@ -8,6 +8,7 @@ and overlay PNGs. `eval.available` segments from a subset of the sequences ('eac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import time
@@ -21,7 +22,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from data_pipelines import brats, slices, sources
-from diffseg_jax import inference, metrics, modalities, outputs, parallel
+from diffseg_jax import inference, metrics, modalities, outputs, parallel, stop_signal
 from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.tasks import tables
@@ -142,6 +143,21 @@ def evaluate(
     return _evaluate_cases(config, cases, segment, step, out_dir, progress)
 
 
+def _fingerprint(config: ml_collections.ConfigDict, step: int) -> str:
+    """What a finished case's result depends on: the checkpoint and every eval, sampling and data setting."""
+    parts = [step, config.method, config.seed, config.data.to_dict(), config.eval.to_dict()]
+    parts.append(config.get("sampling", ml_collections.ConfigDict()).to_dict())
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _finished_case(path: pathlib.Path, fingerprint: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("fingerprint") == fingerprint else None
+
+
 def _evaluate_cases(
     config: ml_collections.ConfigDict,
     cases: list[brats.CaseFiles],
@@ -150,29 +166,30 @@ def _evaluate_cases(
     out_dir: pathlib.Path,
     progress: bool,
 ) -> dict[str, Any]:
-    """Segments and scores every case with `config.eval` as it is; writes metrics, CSV, NIfTI, PNGs."""
-    key = jax.random.PRNGKey(config.seed + 1000)
-    rows, per_region, seconds = [], {r: [] for r in REGIONS}, []
-    for index, case in enumerate(tqdm(cases, desc="evaluating", disable=not progress)):
-        volume = brats.load_case(case)
-        tic = time.perf_counter()
-        out = segment(volume, config, jax.random.fold_in(key, index))
-        labels = prediction_to_labels(out["prob"], volume.convention, config.data.target)
-        seconds.append(time.perf_counter() - tic)
-        uncertainty = out["uncertainty"].max(axis=-1).astype(np.float32)
-        if config.eval.write_predictions:
-            pred_dir = out_dir / "predictions"
-            outputs.save_nifti(labels, volume, pred_dir / f"{case.case_id}_seg.nii.gz")
-            outputs.save_nifti(uncertainty, volume, pred_dir / f"{case.case_id}_uncertainty.nii.gz")
-        if index < config.eval.num_overlays:
-            save_overlay(out_dir / "overlays" / f"{case.case_id}.png", volume, labels, uncertainty)
-        row: dict[str, Any] = {"case_id": case.case_id, "seconds": round(seconds[-1], 3)}
-        if volume.seg is not None:
-            for region, values in case_metrics(labels, volume, config.data.target).items():
-                per_region[region].append(values)
-                row.update(outputs.rounded(values, prefix=f"{region}_"))
-        rows.append(row)
+    """Segments and scores every case with `config.eval` as it is; writes metrics, CSV, NIfTI, PNGs.
 
+    Each finished case is recorded in <out>/cases/<case>.json (with a fingerprint of the checkpoint and the
+    settings), so an evaluation stopped by SIGTERM/SIGINT (after the case it is on: `stop_signal.Stopped`) or
+    killed resumes where it was, without redoing finished cases.
+    """
+    key = jax.random.PRNGKey(config.seed + 1000)
+    fingerprint = _fingerprint(config, step)
+    records: list[dict[str, Any]] = []
+    with stop_signal.StopRequest() as stop:
+        for index, case in enumerate(tqdm(cases, desc="evaluating", disable=not progress)):
+            record_path = out_dir / "cases" / f"{case.case_id}.json"
+            record = _finished_case(record_path, fingerprint)
+            if record is None:
+                record = _evaluate_case(config, case, segment, jax.random.fold_in(key, index), index, out_dir)
+                outputs.write_json(record_path, {"fingerprint": fingerprint, **record})
+            records.append(record)
+            if stop.requested and index + 1 < len(cases):
+                raise stop_signal.Stopped(
+                    f"evaluation stopped after {index + 1} of {len(cases)} cases (saved)"
+                )
+
+    seconds = [r["row"]["seconds"] for r in records]
+    per_region = {r: [rec["metrics"][r] for rec in records if r in rec["metrics"]] for r in REGIONS}
     summary = {
         "method": config.method,
         "checkpoint_step": step,
@@ -182,11 +199,44 @@ def _evaluate_cases(
         "seconds_per_case": float(np.mean(seconds)) if seconds else None,
         "regions": {r: metrics.summarize(v) for r, v in per_region.items() if v},
     }
-    outputs.write_csv(out_dir / "per_case.csv", rows)
+    outputs.write_csv(out_dir / "per_case.csv", [r["row"] for r in records])
     outputs.write_json(out_dir / "metrics.json", summary)
     for region, stats in summary["regions"].items():
         logging.info("%s dice %.4f  hd95 %.2f mm", region, stats["dice"]["mean"], stats["hd95"]["mean"])
     return summary
+
+
+def _evaluate_case(
+    config: ml_collections.ConfigDict,
+    case: brats.CaseFiles,
+    segment: Segmenter,
+    key: jax.Array,
+    index: int,
+    out_dir: pathlib.Path,
+) -> dict[str, Any]:
+    """One case: its prediction files and overlay, and {"row": the CSV row, "metrics": per region}."""
+    volume = brats.load_case(case)
+    tic = time.perf_counter()
+    out = segment(volume, config, key)
+    labels = prediction_to_labels(out["prob"], volume.convention, config.data.target)
+    seconds = time.perf_counter() - tic
+    uncertainty = out["uncertainty"].max(axis=-1).astype(np.float32)
+    if config.eval.write_predictions:
+        pred_dir = out_dir / "predictions"
+        outputs.save_nifti(labels, volume, pred_dir / f"{case.case_id}_seg.nii.gz")
+        outputs.save_nifti(uncertainty, volume, pred_dir / f"{case.case_id}_uncertainty.nii.gz")
+    if index < config.eval.num_overlays:
+        save_overlay(out_dir / "overlays" / f"{case.case_id}.png", volume, labels, uncertainty)
+    row: dict[str, Any] = {"case_id": case.case_id, "seconds": round(seconds, 3)}
+    region_metrics: dict[str, dict[str, float]] = {}
+    if volume.seg is not None:
+        region_metrics = {
+            region: {name: float(v) for name, v in values.items()}
+            for region, values in case_metrics(labels, volume, config.data.target).items()
+        }
+        for region, values in region_metrics.items():
+            row.update(outputs.rounded(values, prefix=f"{region}_"))
+    return {"row": row, "metrics": region_metrics}
 
 
 def evaluate_subsets(
