@@ -16,7 +16,7 @@ import pytest
 
 from configs import btsegdiff, unet_baseline
 from data_pipelines import sources
-from diffseg_jax import outputs, parallel, stop_signal, workdir_lock
+from diffseg_jax import outputs, parallel, stop_signal, train, workdir_lock
 from diffseg_jax.checkpoint import CheckpointError, Checkpoints, restore_params
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.tasks import segmentation
@@ -29,24 +29,6 @@ def _smoke(**train):
     for key, value in train.items():
         config.train[key] = value
     return config
-
-
-def test_a_stop_during_validation_saves_that_step(tmp_path, monkeypatch):
-    config = _smoke(steps=6, checkpoint_every=1000, eval_every=3)  # step 3: validated, not a checkpoint step
-    original = segmentation.TASK.validation_scores
-
-    def validation_then_sigterm(*args):
-        os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's signal arrives while validation runs
-        return original(*args)
-
-    monkeypatch.setattr(
-        segmentation,
-        "TASK",
-        dataclasses.replace(segmentation.TASK, validation_scores=validation_then_sigterm),
-    )
-    state = train_and_evaluate(config, tmp_path, progress=False)
-    assert int(state.step) == 3
-    assert Checkpoints(tmp_path / "checkpoints").all_steps() == [3]
 
 
 def test_a_second_run_on_a_busy_workdir_stops_at_once_naming_the_holder(tmp_path):
@@ -164,3 +146,79 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(saved_run, monke
     assert err.value.filename == str(workdir / "checkpoints" / "9")
     monkeypatch.undo()
     assert int(_resume(Checkpoints(workdir / "checkpoints", max_to_keep=None), state).step) == 6
+
+
+class _Abort(BaseException):
+    """Stands for `kill -9`: the run ends at once, nothing after this point runs (no save, no cleanup)."""
+
+
+def test_interrupted_and_resumed_equals_uninterrupted_bitwise(tmp_path, monkeypatch):
+    """SIGTERM inside a step, during validation and during a save, and hard aborts inside a step and during
+    a save, each resumed: the end state equals an uninterrupted run's bit for bit."""
+    config = _smoke(steps=10, checkpoint_every=2, eval_every=3)
+    clean = jax.device_get(train_and_evaluate(config, tmp_path / "clean", progress=False))
+    workdir = tmp_path / "interrupted"
+    original_step = train.make_train_step
+    original_save = Checkpoints.save
+    original_validation = segmentation.TASK.validation_scores
+
+    def fault_in_step(at: int, fault):
+        def make(*args):
+            step_fn = original_step(*args)
+
+            def step(state, batch):
+                out = step_fn(state, batch)
+                if int(out[0].step) == at:
+                    fault()
+                return out
+
+            return step
+
+        monkeypatch.setattr(train, "make_train_step", make)
+
+    def fault_in_save(at: int, fault):
+        def save(self, step, state, metrics=None):
+            if step == at and self.directory.name == "checkpoints":
+                fault()
+            return original_save(self, step, state, metrics)
+
+        monkeypatch.setattr(Checkpoints, "save", save)
+
+    def fault_in_validation(fault):
+        def scores(*args):
+            fault()
+            return original_validation(*args)
+
+        patched = dataclasses.replace(segmentation.TASK, validation_scores=scores)
+        monkeypatch.setattr(segmentation, "TASK", patched)
+
+    def sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def abort():
+        raise _Abort
+
+    def run(setup):
+        monkeypatch.undo()
+        setup()
+        try:
+            return train_and_evaluate(config, workdir, progress=False)
+        except _Abort:
+            return None
+
+    def saved() -> list[int]:
+        return Checkpoints(workdir / "checkpoints", max_to_keep=None).all_steps()
+
+    assert int(run(lambda: fault_in_step(1, sigterm)).step) == 1 and saved() == [1]  # inside a step
+    # During validation at step 3, not a checkpoint step: step 3 is saved all the same.
+    assert int(run(lambda: fault_in_validation(sigterm)).step) == 3 and saved()[-1] == 3
+    assert run(lambda: fault_in_step(5, abort)) is None and saved()[-1] == 4  # hard abort inside step 5
+    assert int(run(lambda: fault_in_save(6, sigterm)).step) == 6 and saved()[-1] == 6  # the save completes
+    assert run(lambda: fault_in_save(8, abort)) is None and saved()[-1] == 6  # hard abort as 8 is saved
+    resumed = jax.device_get(run(lambda: None))
+    for field in ("params", "ema_params", "opt_state", "rng", "step"):
+        got = jax.tree_util.tree_flatten_with_path(getattr(resumed, field))[0]
+        want = jax.tree_util.tree_flatten_with_path(getattr(clean, field))[0]
+        assert [p for p, _ in got] == [p for p, _ in want]
+        for (path, a), (_, b) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{field}{jax.tree_util.keystr(path)}")
