@@ -21,6 +21,7 @@ from diffseg_jax import parallel
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.runtime import DEVICE_COUNT_FLAG
+from diffseg_jax.stop_signal import EXIT_STOPPED
 from diffseg_jax.train_state import create_train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,7 +53,12 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
 
 
 def _train(
-    workdir: pathlib.Path, processes: int, devices: int, *extra_args: str, timeout: float = 600
+    workdir: pathlib.Path,
+    processes: int,
+    devices: int,
+    *extra_args: str,
+    timeout: float = 600,
+    expect: int = 0,
 ) -> None:
     """Runs run_train.py as `processes` processes of `devices` CPU devices each; waits for all.
 
@@ -82,7 +88,8 @@ def _train(
         deadline = time.monotonic() + timeout
         while True:
             codes = [p.poll() for p in procs]  # every process polled (no short-circuit)
-            if all(c == 0 for c in codes) or any(codes) or time.monotonic() > deadline:
+            done = all(c == expect for c in codes)
+            if done or any(c not in (None, expect) for c in codes) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
     finally:
@@ -93,7 +100,7 @@ def _train(
     errors = [
         f"process {pid}: exit code {proc.returncode}\n{logs[pid].read_text(errors='replace')[-3000:]}"
         for pid, proc in enumerate(procs)
-        if proc.returncode
+        if proc.returncode != expect
     ]
     assert not errors, f"run_train.py failed or timed out ({timeout:.0f} s):\n\n" + "\n\n".join(errors)
 
@@ -115,7 +122,7 @@ def _params(workdir: pathlib.Path, step: int):
 def test_two_processes_equal_one_process(tmp_path):
     sources.load_splits(unet_baseline.get_config("smoke"), progress=False)  # data written once, up front
     multi, single = tmp_path / "multi", tmp_path / "single"
-    _train(multi, 2, 2, "--config.train.stop_after=2")
+    _train(multi, 2, 2, "--config.train.stop_after=2", expect=EXIT_STOPPED)  # stopped early, resumable
     assert (multi / "checkpoints" / "2").is_dir() and not (multi / "checkpoints" / str(STEPS)).exists()
     _train(multi, 2, 2)  # both processes restore step 2 and go on
     _train(single, 1, 4)  # a fresh process as well: the test process's JAX state stays out of it
