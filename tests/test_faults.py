@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import btsegdiff, unet_baseline
+from configs import unet_baseline
 from data_pipelines import sources
 from diffseg_jax import outputs, parallel, stop_signal, train, workdir_lock
 from diffseg_jax.checkpoint import CheckpointError, Checkpoints, restore_params
@@ -95,11 +95,12 @@ def test_eval_on_a_damaged_best_checkpoint_is_one_line(saved_run):
     assert step == 6
 
 
-def test_a_stopped_evaluation_resumes_without_redoing_finished_cases(trained_run, tmp_path, monkeypatch):
-    workdir = trained_run("btsegdiff-smoke", "--config=configs/btsegdiff.py:smoke")
-    config = btsegdiff.get_config("smoke")
+def test_a_stopped_evaluation_resumes_without_redoing_finished_cases(tmp_path, monkeypatch):
+    config = _smoke(steps=1, eval_every=0)  # the U-Net: the cheapest network to evaluate
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, workdir, progress=False)
     config.eval.split, config.eval.max_cases = "train", 2  # the smoke test split has one case
-    config.eval.output_dir = str(tmp_path)
+    config.eval.output_dir = str(tmp_path / "eval")
     segmented: list[str] = []
     original = segmentation.segment_volume
 
@@ -112,12 +113,12 @@ def test_a_stopped_evaluation_resumes_without_redoing_finished_cases(trained_run
     monkeypatch.setattr(segmentation, "segment_volume", segment_then_sigterm)
     with pytest.raises(stop_signal.Stopped, match="evaluation stopped after 1 of 2 cases"):
         segmentation.evaluate(config, workdir, progress=False)
-    assert not (tmp_path / "metrics.json").exists()  # no table of a partial evaluation
+    assert not (tmp_path / "eval" / "metrics.json").exists()  # no table of a partial evaluation
     first = segmented[0]
     summary = segmentation.evaluate(config, workdir, progress=False)
     assert len(segmented) == 2 and segmented[1] != first  # the finished case was not redone
     assert summary["num_cases"] == 2
-    rows = (tmp_path / "per_case.csv").read_text().splitlines()
+    rows = (tmp_path / "eval" / "per_case.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith(first)
 
 
