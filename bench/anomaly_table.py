@@ -19,6 +19,8 @@ import pathlib
 import subprocess
 import sys
 
+from finished import trained  # bench/ is the script's folder, on sys.path
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEQUENCES = ("t1", "t2")
 COLUMNS = (
@@ -58,8 +60,11 @@ def train_and_eval(
         f"--workdir={workdir}",
         f"--config.data.sequences={sequences}",
     ]
-    for script, done in (("run_train.py", "train_summary.json"), ("run_eval.py", "eval/metrics.json")):
-        if not (workdir / done).exists():
+    for script, done in (
+        ("run_train.py", trained),
+        ("run_eval.py", lambda w: (w / "eval/metrics.json").exists()),
+    ):
+        if not done(workdir):
             cmd = [sys.executable, str(ROOT / script), *base, *extra]
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, cwd=ROOT, check=True)

@@ -17,6 +17,8 @@ import pathlib
 import subprocess
 import sys
 
+from finished import trained  # bench/ is the script's folder, on sys.path
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("unet_baseline", "medsegdiff_v1", "medsegdiff_v2", "btsegdiff")
 REGIONS = ("wt", "tc", "et")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m for m in args.methods.split(",") if m]
     for method in methods:
         workdir = out / method
-        if not (workdir / "train_summary.json").exists():
+        if not trained(workdir):
             run("run_train.py", method, args.preset, workdir, overrides)
         if not (workdir / "eval" / "metrics.json").exists():
             run("run_eval.py", method, args.preset, workdir, overrides)

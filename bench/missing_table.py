@@ -26,6 +26,8 @@ import shlex
 import subprocess
 import sys
 
+from finished import trained  # bench/ is the script's folder, on sys.path
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -65,7 +67,7 @@ def config_arg(run: str, preset: str) -> str:
 
 def train(out: pathlib.Path, run: str, preset: str, extra: list[str]) -> pathlib.Path:
     workdir = out / run
-    if not (workdir / "train_summary.json").exists():
+    if not trained(workdir):
         _run("run_train.py", [config_arg(run, preset), f"--workdir={workdir}", *RUNS[run][1], *extra])
     return workdir
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 
 import numpy as np
+from finished import trained  # bench/ is the script's folder, on sys.path
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real" / "brats2013-two-sequences"
@@ -46,7 +47,7 @@ def _run(script: str, method: str, args: list[str], preset: str = "") -> None:
 
 def phantom_model(out: pathlib.Path, method: str, args: argparse.Namespace) -> pathlib.Path:
     workdir = out / method / "phantom"
-    if not (workdir / "train_summary.json").exists():
+    if not trained(workdir):
         steps = [f"--config.train.steps={args.phantom_steps}"] if args.phantom_steps else []
         available = f"--config.data.available={args.available}"
         _run("run_train.py", method, [f"--workdir={workdir}", available, *steps], args.preset)
@@ -70,7 +71,7 @@ def fold_run(
         workdir = phantom
     else:
         workdir = run_dir
-        if not (workdir / "train_summary.json").exists():
+        if not trained(workdir):
             train = [
                 f"--config.train.steps={args.fold_steps}",
                 f"--config.train.eval_every={max(args.fold_steps // 4, 1)}",

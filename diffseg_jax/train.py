@@ -249,6 +249,7 @@ def _write_train_summary(workdir, config, state, step_seconds: list[float], loop
         "method": config.method,
         "steps_this_run": len(step_seconds),
         "final_step": int(state.step),
+        "finished": int(state.step) >= int(config.train.steps),  # False: stopped early, resumable
         "batch_size": int(config.train.batch_size),
         "devices": jax.device_count(),
         "first_step_seconds": step_seconds[0],
