@@ -27,7 +27,7 @@ def test_train_writes_checkpoints_and_logs(trained):
     assert any((trained / "best").iterdir())
     assert list(trained.glob("events.out.tfevents.*")), "TensorBoard events expected"
     summary = json.loads((trained / "train_summary.json").read_text())
-    assert summary["final_step"] == summary["steps_this_run"] == 6
+    assert summary["final_step"] == summary["steps_this_run"] == 6 and summary["finished"] is True
     assert summary["median_step_seconds"] > 0 and summary["num_params"] > 1000
 
 

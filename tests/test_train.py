@@ -287,7 +287,7 @@ def test_sigterm_saves_the_step_reached_and_the_next_run_resumes_from_it(tmp_pat
     assert "Traceback" not in log
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     reached = summary["final_step"]
-    assert 1 <= reached < 400 and summary["steps_this_run"] == reached
+    assert 1 <= reached < 400 and summary["steps_this_run"] == reached and summary["finished"] is False
     assert Checkpoints(tmp_path / "checkpoints").latest_step() == reached
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [str(reached)]
     assert f"stop requested: saved step {reached}" in log
