@@ -6,7 +6,10 @@ part of the training loop.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import jax
@@ -28,6 +31,19 @@ class CheckpointError(RuntimeError):
 def reason(err: BaseException) -> str:
     """An exception as one short line (orbax and TensorStore messages run to pages)."""
     return " ".join(str(err).split())[:200] or type(err).__name__
+
+
+@contextlib.contextmanager
+def _without_orbax_logs() -> Iterator[None]:
+    """Drops the log records orbax emits (through absl's logger) inside the block."""
+    absl_logger = logging.getLogger("absl")
+    drop = logging.Filter()
+    drop.filter = lambda record: "orbax" not in record.pathname  # type: ignore[method-assign]
+    absl_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(drop)
 
 
 class Checkpoints:
@@ -52,7 +68,8 @@ class Checkpoints:
             enable_async_checkpointing=False,
         )
         self.directory = pathlib.Path(directory).absolute()
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        with _without_orbax_logs():  # it reads every step's metadata; a damaged one is reported on restore
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._best_metric = best_metric
 
     def latest_step(self) -> int | None:
@@ -83,8 +100,13 @@ class Checkpoints:
             raise OSError(err.errno, err.strerror or str(err), str(self.directory / str(step))) from err
 
     def restore(self, step: int, target: Any) -> Any:
-        """Restores into the structure, dtypes and shardings of `target` (a pytree of arrays)."""
-        return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+        """Restores into the structure, dtypes and shardings of `target` (a pytree of arrays).
+
+        A damaged checkpoint raises; orbax's own log lines about it are held back (the caller's one line
+        names it).
+        """
+        with _without_orbax_logs():
+            return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
     def restore_as_saved(self, step: int) -> Any:
         """The checkpoint's tree as it was saved (no target: for reading another run's parameters)."""
