@@ -1,4 +1,4 @@
-"""The train step and loop: sharding equivalence, learning, resume == uninterrupted, divergence, SIGTERM."""
+"""The train step and loop: sharding equivalence, learning, divergence, SIGTERM through the CLI."""
 
 import functools
 import json
@@ -164,23 +164,6 @@ def test_loss_falls_when_overfitting_a_tiny_batch(config_module):
     assert after < 0.5 * before, (before, after)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    """Stop after 2 steps and resume: the whole state (params, EMA, optimiser, step, RNG) is as if not."""
-    config = btsegdiff_config.get_config("smoke")
-    full = jax.device_get(train_and_evaluate(config, tmp_path / "full", progress=False))
-    train_and_evaluate(config, tmp_path / "split", progress=False, stop_after=2)
-    assert Checkpoints(tmp_path / "split" / "checkpoints").latest_step() == 2
-    resumed = jax.device_get(train_and_evaluate(config, tmp_path / "split", progress=False))
-    assert int(resumed.step) == int(full.step) == config.train.steps
-    np.testing.assert_array_equal(np.asarray(resumed.rng), np.asarray(full.rng))
-    for field in ("params", "ema_params", "opt_state"):
-        got, want = _flat(getattr(resumed, field)), _flat(getattr(full, field))
-        assert got.keys() == want.keys()
-        for name, value in want.items():  # each leaf to 1e-6 of its own scale (Adam's nu is ~1e-8)
-            atol = 1e-6 * float(np.abs(value).max())
-            np.testing.assert_allclose(got[name], value, rtol=1e-6, atol=atol, err_msg=f"{field}{name}")
-
-
 def _unet_diverging(**train):
     config = unet_config.get_config("smoke")
     config.train.eval_every = 0
@@ -252,7 +235,7 @@ def test_diverging_cli_run_ends_with_one_error_line_and_a_finite_checkpoint(tmp_
         _assert_trees_close(getattr(kept, field), getattr(initial, field), 0, 0, field)
 
 
-def test_sigterm_saves_the_step_reached_and_the_next_run_resumes_from_it(tmp_path):
+def test_sigterm_saves_the_step_reached_and_exits_as_stopped(tmp_path):
     """A preempted run (SIGTERM mid-training) checkpoints the step it reached and exits cleanly."""
     args = [
         sys.executable,
@@ -291,11 +274,4 @@ def test_sigterm_saves_the_step_reached_and_the_next_run_resumes_from_it(tmp_pat
     assert Checkpoints(tmp_path / "checkpoints").latest_step() == reached
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [str(reached)]
     assert f"stop requested: saved step {reached}" in log
-
-    second = subprocess.run(
-        [*args, "--config.train.stop_after=2"], cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
-    assert second.returncode == EXIT_STOPPED, second.stderr[-3000:]  # stop_after: stopped early too
-    assert f"resumed from step {reached}" in second.stderr
-    summary = json.loads((tmp_path / "train_summary.json").read_text())
-    assert summary["steps_this_run"] == 2 and summary["final_step"] == reached + 2
+    # Resumed from there, the run ends bit for bit as an uninterrupted one: tests/test_faults.py.
