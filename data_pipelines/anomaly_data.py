@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from data_pipelines import brats, ixi, phantom_ixi, sources
+from data_pipelines import brats, case_splits, ixi, phantom_ixi, sources
 
 CACHE_VERSION = 1
 
@@ -121,7 +121,7 @@ def _tumour_volumes(config, cases: Sequence[brats.CaseFiles], progress: bool) ->
 
 
 def _split_subjects(subjects: list, fractions: Sequence[float], seed: int) -> dict[str, list]:
-    counts = brats._split_counts(len(subjects), [f / sum(fractions) for f in fractions])
+    counts = case_splits.split_counts(len(subjects), [f / sum(fractions) for f in fractions])
     order = np.random.default_rng(seed).permutation(len(subjects))
     out, start = {}, 0
     for name, count in zip(brats.SPLITS, counts, strict=True):
@@ -199,7 +199,7 @@ def load_anomaly_splits(
     healthy = _split_subjects(subjects, tuple(d.split_fractions), d.split_seed)
     # No detector trains on tumour cases: they are all validation (threshold) or test data.
     cases = sources.checked_cases(config, progress)
-    tumour = brats.split_cases(cases, tuple(d.tumour_split_fractions), seed=d.split_seed)
+    tumour = case_splits.split_cases(cases, tuple(d.tumour_split_fractions), seed=d.split_seed)
     inputs = [p for s in subjects for p in [*s.images.values(), s.mask] if p is not None]
     inputs += [p for name in ("val", "test") for c in tumour[name] for p in c.files]
     cache = _cache_path(config, inputs)

@@ -8,7 +8,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from data_pipelines import brats, case_check, input_pipeline, layouts, phantom, slices
+from data_pipelines import brats, case_check, case_splits, input_pipeline, layouts, phantom, slices
 from diffseg_jax.config_defaults import ConfigError
 
 
@@ -70,8 +70,8 @@ def load_splits(config: ml_collections.ConfigDict, progress: bool = True) -> dic
     d = config.data
     folds = int(d.get("folds", 0) or 0)
     if folds:
-        return brats.fold_splits(cases, folds, int(d.get("fold", 0)), seed=d.split_seed)
-    return brats.split_cases(cases, tuple(d.split_fractions), seed=d.split_seed)
+        return case_splits.fold_splits(cases, folds, int(d.get("fold", 0)), seed=d.split_seed)
+    return case_splits.split_cases(cases, tuple(d.split_fractions), seed=d.split_seed)
 
 
 def slice_arrays(

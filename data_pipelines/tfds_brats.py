@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import brats, slices
+from data_pipelines import brats, case_splits, slices
 
 _SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 _SPLIT_SEED = 0
@@ -79,7 +79,7 @@ class BratsSlices(tfds.core.GeneratorBasedBuilder):
         """Patient-level train/validation/test split; empty splits are left out."""
         cases = brats.find_cases(dl_manager.manual_dir, require_seg=True)
         index = {case.case_id: i for i, case in enumerate(cases)}
-        splits = brats.split_cases(cases, seed=_SPLIT_SEED)
+        splits = case_splits.split_cases(cases, seed=_SPLIT_SEED)
         return {
             _SPLIT_NAMES[name]: self._generate_examples([(index[c.case_id], c) for c in members])
             for name, members in splits.items()

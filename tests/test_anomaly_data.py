@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import require_real_data
 
-from data_pipelines import anomaly_data, brats, ixi, phantom, phantom_ixi, sources
+from data_pipelines import anomaly_data, brats, case_splits, ixi, phantom, phantom_ixi, sources
 from data_pipelines.brats import DataError
 
 SPACING = 4.0
@@ -337,7 +337,7 @@ def test_healthy_splits_disjoint_by_subject(splits_and_config):
 def test_tumour_splits_only_cases_with_tumour(splits_and_config):
     splits, config = splits_and_config
     found = brats.find_cases(sources.dataset_root(config, progress=False), require_seg=True)
-    cases = brats.split_cases(found, (0.0, 0.5, 0.5), seed=0)
+    cases = case_splits.split_cases(found, (0.0, 0.5, 0.5), seed=0)
     assert not cases["train"]  # no detector trains on tumour cases: all of them evaluate
     for name in ("val", "test"):
         with_tumour = [c.case_id for c in cases[name] if not phantom.tumour_free(int(c.case_id[-5:]), 0)]

@@ -19,8 +19,8 @@ from data_pipelines.brats import (
     labels_to_regions,
     load_case,
     regions_to_labels,
-    split_cases,
 )
+from data_pipelines.case_splits import split_cases
 from diffseg_jax.outputs import save_nifti
 
 SHAPE = (8, 8, 6)

@@ -12,7 +12,7 @@ import pytest
 from test_brats_reader import AFFINE, SHAPE, make_case, write
 
 from configs import btsegdiff
-from data_pipelines import brats, case_check, sources
+from data_pipelines import brats, case_check, case_splits, sources
 from data_pipelines.brats import DataError
 
 CASES = [f"BraTS2021_{i:05d}" for i in range(8)]
@@ -69,7 +69,7 @@ def _config(root: pathlib.Path, cache: pathlib.Path, **data):
 def _case_in(config, split: str) -> str:
     """The id of a case the split holds (the split is computed on the intact dataset)."""
     cases = brats.find_cases(config.data.root, require_seg=True)
-    splits = brats.split_cases(cases, tuple(config.data.split_fractions), seed=config.data.split_seed)
+    splits = case_splits.split_cases(cases, tuple(config.data.split_fractions), seed=config.data.split_seed)
     return splits[split][0].case_id
 
 
