@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import importlib
 import json
 import logging
+import math
 import os
 import pathlib
 import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -19,9 +24,17 @@ from data_pipelines import sources
 from diffseg_jax import outputs, parallel, stop_signal, train, workdir_lock
 from diffseg_jax.checkpoint import CheckpointError, Checkpoints, restore_params
 from diffseg_jax.methods.registry import build_method
-from diffseg_jax.tasks import segmentation
+from diffseg_jax.tasks import anomaly, segmentation, synthesis
 from diffseg_jax.train import _resume, train_and_evaluate
 from diffseg_jax.train_state import create_train_state
+from tests.conftest import ROOT
+
+KILL_RUN_STEPS = 30
+KILL_RUN = [
+    f"--config.train.steps={KILL_RUN_STEPS}",
+    "--config.train.checkpoint_every=10",
+    "--config.train.eval_every=0",
+]
 
 
 def _smoke(**train):
@@ -120,6 +133,66 @@ def test_a_stopped_evaluation_resumes_without_redoing_finished_cases(tmp_path, m
     assert summary["num_cases"] == 2
     rows = (tmp_path / "eval" / "per_case.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith(first)
+
+
+def test_a_stopped_anomaly_evaluation_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    config = importlib.import_module("configs.anomaly_dae").get_config("smoke")
+    config.train.steps, config.eval.num_overlays = 2, 0
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, workdir, progress=False)
+    config.eval.output_dir = str(tmp_path / "uninterrupted")
+    uninterrupted = anomaly.evaluate(config, workdir, progress=False)
+    config.eval.output_dir = str(tmp_path / "eval")
+    original = anomaly.reconstruct_volume
+    done: list[str] = []
+
+    def reconstruct_then_sigterm(predict, volume, k):
+        done.append(volume.case_id)
+        if volume.case_id == uninterrupted_first_test_case:
+            os.kill(os.getpid(), signal.SIGTERM)  # during the first test case, after the threshold
+        return original(predict, volume, k)
+
+    rows = (tmp_path / "uninterrupted" / "per_case.csv").read_text().splitlines()
+    uninterrupted_first_test_case = rows[1].split(",")[0]
+    monkeypatch.setattr(anomaly, "reconstruct_volume", reconstruct_then_sigterm)
+    with pytest.raises(stop_signal.Stopped, match="evaluation stopped after 2 of"):
+        anomaly.evaluate(config, workdir, progress=False)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+    before = len(done)
+    resumed = anomaly.evaluate(config, workdir, progress=False)
+    # The smoke preset scores t2 only: neither the threshold nor the first case is redone, the rest once each.
+    assert done[before:] == [row.split(",")[0] for row in rows[2:]]
+    resumed.pop("seconds_per_case"), uninterrupted.pop("seconds_per_case")
+    assert resumed == uninterrupted
+    stats = resumed["sequences"]["t2"]
+    assert resumed["method"] == "dae" and all(
+        math.isfinite(stats[m]["mean"]) for m in ("dsc", "auprc", "ssim")
+    )
+    assert (tmp_path / "eval" / "per_case.csv").read_text().splitlines() == rows
+
+
+def test_a_stopped_synthesis_evaluation_resumes_case_by_case(trained_run, tmp_path, monkeypatch):
+    workdir = trained_run("m2dn-smoke", "--config=configs/m2dn.py:smoke")
+    config = importlib.import_module("configs.m2dn").get_config("smoke")
+    config.eval.split, config.eval.max_cases = "train", 2
+    config.eval.output_dir = str(tmp_path / "eval")
+    original = synthesis._synthesise_case
+    done: list[str] = []
+
+    def synthesise_then_sigterm(case, *args):
+        done.append(case.case_id)
+        if len(done) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(case, *args)
+
+    monkeypatch.setattr(synthesis, "_synthesise_case", synthesise_then_sigterm)
+    with pytest.raises(stop_signal.Stopped, match="evaluation stopped after 1 of 2 cases"):
+        synthesis.evaluate(config, workdir, progress=False)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+    summary = synthesis.evaluate(config, workdir, progress=False)
+    assert len(done) == 2 and done[1] != done[0] and summary["num_cases"] == 2
+    rows = (tmp_path / "eval" / "per_case.csv").read_text().splitlines()
+    assert rows[1].startswith(done[0]) and rows[-1].startswith(done[1])
 
 
 def _no_space(*args, **kwargs):
@@ -230,3 +303,56 @@ def test_interrupted_and_resumed_equals_uninterrupted_bitwise(tmp_path, monkeypa
         assert [p for p, _ in got] == [p for p, _ in want]
         for (path, a), (_, b) in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, b, err_msg=f"{field}{jax.tree_util.keystr(path)}")
+
+
+def _saved_steps(workdir: pathlib.Path) -> list[int]:
+    folder = workdir / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+
+
+def _wait_for(condition, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_kill_9_and_a_second_run_through_the_cli(cli, tmp_path):
+    """A second run_train.py on a busy workdir stops within seconds naming the first, which goes on; then a
+    real `kill -9`; resumed, the killed run ends equal to an uninterrupted one bit for bit."""
+    args = ["--config=configs/unet_baseline.py:smoke", *KILL_RUN]
+    config = _smoke(steps=KILL_RUN_STEPS, checkpoint_every=10, eval_every=0)
+    train_and_evaluate(config, tmp_path / "clean", progress=False)  # the CLI's XLA flags are these too
+    workdir = tmp_path / "killed"
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        [sys.executable, "run_train.py", *args, f"--workdir={workdir}"], cwd=ROOT, stdout=log, stderr=log
+    )
+    try:
+        _wait_for(lambda: _saved_steps(workdir)[-1:] == [10], "the first checkpoint")
+        first.send_signal(signal.SIGSTOP)  # holds it mid-run (lock and all) while the second run tries
+        tic = time.monotonic()
+        second = cli("run_train.py", *args, f"--workdir={workdir}", check=False)
+        assert time.monotonic() - tic < 60 and second.returncode == 1
+        last_line = second.stderr.strip().splitlines()[-1]
+        assert last_line.startswith("error: ") and f"pid {first.pid}" in last_line
+        first.send_signal(signal.SIGCONT)  # unharmed: it goes on and saves again
+        _wait_for(lambda: _saved_steps(workdir)[-1:] == [20], "a checkpoint after the second run")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert first.returncode == -signal.SIGKILL and _saved_steps(workdir)[-1] < KILL_RUN_STEPS
+    cli("run_train.py", *args, f"--workdir={workdir}")  # resumes from the newest complete checkpoint
+
+    template = create_train_state(config, build_method(config), sources.example_slices(config))
+    got, want = (
+        _resume(Checkpoints(folder / "checkpoints", max_to_keep=None), template)
+        for folder in (workdir, tmp_path / "clean")
+    )
+    assert int(got.step) == int(want.step) == KILL_RUN_STEPS
+    for field in ("params", "ema_params", "opt_state"):
+        for a, b in zip(
+            jax.tree.leaves(getattr(got, field)), jax.tree.leaves(getattr(want, field)), strict=True
+        ):
+            np.testing.assert_array_equal(a, b, err_msg=field)

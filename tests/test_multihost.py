@@ -22,6 +22,7 @@ from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.runtime import DEVICE_COUNT_FLAG
 from diffseg_jax.stop_signal import EXIT_STOPPED
+from diffseg_jax.train import train_and_evaluate
 from diffseg_jax.train_state import create_train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -125,7 +126,9 @@ def test_two_processes_equal_one_process(tmp_path):
     _train(multi, 2, 2, "--config.train.stop_after=2", expect=EXIT_STOPPED)  # stopped early, resumable
     assert (multi / "checkpoints" / "2").is_dir() and not (multi / "checkpoints" / str(STEPS)).exists()
     _train(multi, 2, 2)  # both processes restore step 2 and go on
-    _train(single, 1, 4)  # a fresh process as well: the test process's JAX state stays out of it
+    config = unet_baseline.get_config("smoke")  # ARGS, in this process (4 CPU devices, as the conftest sets)
+    config.train.update(steps=STEPS, eval_every=0, checkpoint_every=STEPS, optimizer="sgd")
+    train_and_evaluate(config, single, progress=False)
 
     got, want = _flat(_params(multi, STEPS)), _flat(_params(single, STEPS))
     assert got.keys() == want.keys() and len(got) > 50

@@ -19,22 +19,23 @@ Writes <workdir>/eval/metrics.json, per_case.csv, maps/<case>_<seq>_{anomaly,rec
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from tqdm.auto import tqdm
 
 from data_pipelines import anomaly_data
 from data_pipelines.brats import DataError
 from diffseg_jax import inference, metrics, outputs, parallel
 from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
-from diffseg_jax.tasks import anomaly_maps
+from diffseg_jax.tasks import anomaly_maps, case_records
 from diffseg_jax.tasks.base import Arrays, Predict, Task, TrainingData
 
 KNOWN_SEQUENCES = ("t1", "t2")
@@ -154,42 +155,34 @@ def evaluate(
         out = inference.predict_slices(predict_fn, params, images, key, mesh, config.eval.batch_size)
         return out["reconstruction"]
 
+    store = case_records.CaseRecords(out_dir, config, step)
+    units: dict[str, Callable[[], case_records.Record]] = {}
+    for k, name in enumerate(names):
+        units[f"threshold_{name}"] = functools.partial(_threshold, predict, splits["val_tumour"], k, config)
+        for index, volume in enumerate(tumour):
+            work = functools.partial(_tumour_case, predict, volume, k, name, index, store, out_dir, config)
+            units[f"{volume.case_id}_{name}_tumour"] = work
+        for volume in healthy:
+            units[f"{volume.case_id}_{name}_healthy"] = functools.partial(_healthy_case, predict, volume, k)
+    computed = store.run(list(units), lambda _, unit: units[unit](), "anomaly maps", progress, unit="parts")
+    records = dict(zip(units, computed, strict=True))
+
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"method": config.method, "task": "anomaly", "checkpoint_step": step}
     summary["num_cases"] = {"val_tumour": len(splits["val_tumour"]), "test_tumour": len(tumour)}
     summary["num_cases"]["test_healthy"] = len(healthy)
     summary["sequences"], seconds = {}, []
-    for k, name in enumerate(names):
-        val_scores, val_labels = [], []
-        for volume in tqdm(splits["val_tumour"], desc=f"{name} threshold", disable=not progress):
-            recon = reconstruct_volume(predict, volume, k)
-            amap = anomaly_maps.volume_map(volume.image[..., k], recon, volume.brain, config)
-            val_scores.append(amap[volume.brain])
-            val_labels.append(volume.label[volume.brain])
-        threshold, val_dice = metrics.best_threshold(np.concatenate(val_scores), np.concatenate(val_labels))
-        per_case = []
-        for index, volume in enumerate(tqdm(tumour, desc=f"{name} tumour test", disable=not progress)):
-            tic = time.perf_counter()
-            recon = reconstruct_volume(predict, volume, k)
-            seconds.append(time.perf_counter() - tic)
-            amap = anomaly_maps.volume_map(volume.image[..., k], recon, volume.brain, config)
-            scores, pred = anomaly_maps.tumour_scores(amap, volume.label, volume.brain, threshold, config)
-            per_case.append(scores)
-            rows.append(
-                {"case_id": volume.case_id, "kind": "tumour", "sequence": name, **outputs.rounded(scores)}
-            )
-            _write_outputs(out_dir, config, volume, name, index, amap, recon, pred, k)
-        per_healthy = []
-        for volume in tqdm(healthy, desc=f"{name} healthy test", disable=not progress):
-            recon = reconstruct_volume(predict, volume, k)
-            scores = anomaly_maps.healthy_scores(volume.image[..., k], recon, volume.brain)
-            per_healthy.append(scores)
-            rows.append(
-                {"case_id": volume.case_id, "kind": "healthy", "sequence": name, **outputs.rounded(scores)}
-            )
+    for name in names:
+        per_case, per_healthy = [], []
+        for kind, volumes, scores in (("tumour", tumour, per_case), ("healthy", healthy, per_healthy)):
+            for volume in volumes:
+                record = records[f"{volume.case_id}_{name}_{kind}"]
+                scores.append(record["scores"])
+                seconds += [record["seconds"]] if kind == "tumour" else []
+                row = {"case_id": volume.case_id, "kind": kind, "sequence": name}
+                rows.append({**row, **outputs.rounded(record["scores"])})
         summary["sequences"][name] = {
-            "threshold": threshold,
-            "val_dice": val_dice,
+            **records[f"threshold_{name}"],
             **metrics.summarize(per_case),
             **metrics.summarize(per_healthy),
         }
@@ -199,6 +192,35 @@ def evaluate(
     outputs.write_csv(out_dir / "per_case.csv", rows)
     outputs.write_json(out_dir / "metrics.json", summary)
     return summary
+
+
+def _threshold(predict, volumes, k: int, config: ml_collections.ConfigDict) -> case_records.Record:
+    """The anomaly-score threshold with the best Dice over the validation tumours' brain voxels."""
+    val_scores, val_labels = [], []
+    for volume in volumes:
+        recon = reconstruct_volume(predict, volume, k)
+        amap = anomaly_maps.volume_map(volume.image[..., k], recon, volume.brain, config)
+        val_scores.append(amap[volume.brain])
+        val_labels.append(volume.label[volume.brain])
+    threshold, val_dice = metrics.best_threshold(np.concatenate(val_scores), np.concatenate(val_labels))
+    return {"threshold": float(threshold), "val_dice": float(val_dice)}
+
+
+def _tumour_case(predict, volume, k, name, index, store, out_dir, config) -> case_records.Record:
+    threshold = store.finished(f"threshold_{name}")["threshold"]
+    tic = time.perf_counter()
+    recon = reconstruct_volume(predict, volume, k)
+    seconds = time.perf_counter() - tic
+    amap = anomaly_maps.volume_map(volume.image[..., k], recon, volume.brain, config)
+    scores, pred = anomaly_maps.tumour_scores(amap, volume.label, volume.brain, threshold, config)
+    _write_outputs(out_dir, config, volume, name, index, amap, recon, pred, k)
+    return {"scores": {s: float(v) for s, v in scores.items()}, "seconds": seconds}
+
+
+def _healthy_case(predict, volume, k: int) -> case_records.Record:
+    recon = reconstruct_volume(predict, volume, k)
+    scores = anomaly_maps.healthy_scores(volume.image[..., k], recon, volume.brain)
+    return {"scores": {s: float(v) for s, v in scores.items()}}
 
 
 def _write_outputs(out_dir, config, volume, name, index, amap, recon, pred, k) -> None:

@@ -8,7 +8,6 @@ and overlay PNGs. `eval.available` segments from a subset of the sequences ('eac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 import time
@@ -19,13 +18,12 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from tqdm.auto import tqdm
 
 from data_pipelines import brats, slices, sources
-from diffseg_jax import inference, metrics, modalities, outputs, parallel, stop_signal
+from diffseg_jax import inference, metrics, modalities, outputs, parallel
 from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
-from diffseg_jax.tasks import tables
+from diffseg_jax.tasks import case_records, tables
 from diffseg_jax.tasks.base import Arrays, Predict, Task, TrainingData
 from diffseg_jax.tasks.fill_in import FillIn, make_fill_in
 
@@ -37,6 +35,16 @@ PREDICT_OUTPUTS = {
 REGIONS = ("wt", "tc", "et")
 # (volume, config with the eval.available to use, key) -> segment_volume's output
 Segmenter = Callable[[brats.CaseVolume, ml_collections.ConfigDict, jax.Array], dict[str, np.ndarray]]
+
+
+def case_slices(volume: brats.CaseVolume, image_size: int) -> tuple[np.ndarray, Any, np.ndarray, np.ndarray]:
+    """(the normalised volume [X, Y, Z, 4], the slice geometry, the brain's axial indices, their slices)."""
+    z = np.flatnonzero(volume.brain.any(axis=(0, 1)))
+    if z.size == 0:
+        raise brats.DataError(f"{volume.case_id}: no brain voxel (every sequence is background)")
+    normed = slices.normalize(np.asarray(volume.images, np.float32), volume.brain)
+    geom = slices.slice_geometry(volume.brain, image_size)
+    return normed, geom, z, slices.to_slices(normed, geom, z)
 
 
 def segment_volume(
@@ -53,13 +61,8 @@ def segment_volume(
 
     `fill_in`: the two-stage route; synthesises the zeroed sequences before segmenting.
     """
-    images = np.asarray(volume.images, np.float32)
+    _, geom, z, inputs = case_slices(volume, config.data.image_size)
     mask = volume.brain
-    z = np.flatnonzero(mask.any(axis=(0, 1)))
-    if z.size == 0:
-        raise brats.DataError(f"{volume.case_id}: no brain voxel (every sequence is background)")
-    geom = slices.slice_geometry(mask, config.data.image_size)
-    inputs = slices.to_slices(slices.normalize(images, mask), geom, z)
     if config.eval.get("available", ""):  # segment from a subset: the other sequences become zeros
         inputs = inputs * modalities.availability_vector(modalities.parse_available(config.eval.available))
     if fill_in is not None:
@@ -143,21 +146,6 @@ def evaluate(
     return _evaluate_cases(config, cases, segment, step, out_dir, progress)
 
 
-def _fingerprint(config: ml_collections.ConfigDict, step: int) -> str:
-    """What a finished case's result depends on: the checkpoint and every eval, sampling and data setting."""
-    parts = [step, config.method, config.seed, config.data.to_dict(), config.eval.to_dict()]
-    parts.append(config.get("sampling", ml_collections.ConfigDict()).to_dict())
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _finished_case(path: pathlib.Path, fingerprint: str) -> dict[str, Any] | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if record.get("fingerprint") == fingerprint else None
-
-
 def _evaluate_cases(
     config: ml_collections.ConfigDict,
     cases: list[brats.CaseFiles],
@@ -173,20 +161,13 @@ def _evaluate_cases(
     killed resumes where it was, without redoing finished cases.
     """
     key = jax.random.PRNGKey(config.seed + 1000)
-    fingerprint = _fingerprint(config, step)
-    records: list[dict[str, Any]] = []
-    with stop_signal.StopRequest() as stop:
-        for index, case in enumerate(tqdm(cases, desc="evaluating", disable=not progress)):
-            record_path = out_dir / "cases" / f"{case.case_id}.json"
-            record = _finished_case(record_path, fingerprint)
-            if record is None:
-                record = _evaluate_case(config, case, segment, jax.random.fold_in(key, index), index, out_dir)
-                outputs.write_json(record_path, {"fingerprint": fingerprint, **record})
-            records.append(record)
-            if stop.requested and index + 1 < len(cases):
-                raise stop_signal.Stopped(
-                    f"evaluation stopped after {index + 1} of {len(cases)} cases (saved)"
-                )
+
+    def compute(index: int, name: str) -> case_records.Record:
+        return _evaluate_case(config, cases[index], segment, jax.random.fold_in(key, index), index, out_dir)
+
+    records = case_records.CaseRecords(out_dir, config, step).run(
+        [case.case_id for case in cases], compute, "evaluating", progress
+    )
 
     seconds = [r["row"]["seconds"] for r in records]
     per_region = {r: [rec["metrics"][r] for rec in records if r in rec["metrics"]] for r in REGIONS}

@@ -22,14 +22,13 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from tqdm.auto import tqdm
 
 from data_pipelines import brats, slices, sources
 from diffseg_jax import inference, metrics, outputs, parallel
 from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.modalities import MODALITIES, all_subsets, availability_vector
-from diffseg_jax.tasks import segmentation
+from diffseg_jax.tasks import case_records, segmentation
 from diffseg_jax.tasks.base import Arrays, Predict, Task
 
 PREDICT_OUTPUTS = {
@@ -127,58 +126,30 @@ def evaluate(
     cases = sources.evaluation_cases(config, progress)
     predict_fn = inference.make_predict_fn(method, mesh)
     key = jax.random.PRNGKey(config.seed + 1000)
+
+    def compute(index: int, _: str) -> case_records.Record:
+        return _synthesise_case(cases[index], index, predict_fn, params, key, mesh, out_dir, config)
+
+    records = case_records.CaseRecords(out_dir, config, step).run(
+        [case.case_id for case in cases], compute, "synthesising", progress
+    )
     names = [pattern_name(p) for p in PATTERNS]
-    model = {n: {} for n in names}  # pattern -> seq -> per-case scores
-    baseline = {n: {} for n in names}
+    model: dict[str, dict[str, list]] = {n: {} for n in names}  # pattern -> seq -> per-case scores
+    baseline: dict[str, dict[str, list]] = {n: {} for n in names}
     ceiling: dict[str, list[dict[str, float]]] = {m: [] for m in MODALITIES}
     rows: list[dict[str, Any]] = []
     seconds: list[float] = []
-    bar = tqdm(total=len(cases) * len(PATTERNS), desc="synthesising", disable=not progress)
-    for index, case in enumerate(cases):
-        volume = brats.load_case(case)
-        if not all(volume.available):
-            logging.warning("%s: skipped, not every sequence exists to score against", case.case_id)
-            bar.update(len(PATTERNS))
+    for record in records:
+        if record.get("skipped"):
             continue
-        images = np.asarray(volume.images, np.float32)
-        brain = volume.brain
-        z = np.flatnonzero(brain.any(axis=(0, 1)))
-        if z.size == 0:
-            raise brats.DataError(f"{volume.case_id}: no brain voxel (every sequence is background)")
-        geom = slices.slice_geometry(brain, config.data.image_size)
-        normed = slices.normalize(images, brain)
-        inputs = slices.to_slices(normed, geom, z)
-        box = ssim_box(brain)
-
-        def to_volume(s: np.ndarray, geom=geom, z=z, brain=brain) -> np.ndarray:
-            return slices.from_slices(s, geom, z) * brain[..., None]
-
-        roundtrip = to_volume(inputs)
-        for k, seq in enumerate(MODALITIES):
-            ceiling[seq].append(sequence_scores(roundtrip[..., k], normed[..., k], brain, box))
-        tic = time.perf_counter()
-        for p, (available, name) in enumerate(zip(PATTERNS, names, strict=True)):
-            vec = availability_vector(available)
-            given = inputs * vec
-            case_key = jax.random.fold_in(key, index * len(PATTERNS) + p)
-            out = inference.predict_slices(predict_fn, params, given, case_key, mesh, config.eval.batch_size)
-            synth = to_volume(out["synthesis"])
-            mean = to_volume(mean_of_available(given, vec))[..., 0]
-            for k, seq in enumerate(MODALITIES):
-                if vec[k]:
-                    continue
-                ours = sequence_scores(synth[..., k], normed[..., k], brain, box)
-                base = sequence_scores(mean, normed[..., k], brain, box)
-                model[name].setdefault(seq, []).append(ours)
-                baseline[name].setdefault(seq, []).append(base)
-                row = {"case_id": case.case_id, "available": ",".join(available), "sequence": seq}
-                rows.append({**row, **outputs.rounded(ours), **outputs.rounded(base, prefix="mean_")})
-                if config.eval.write_predictions and index < config.eval.num_overlays and len(available) == 3:
-                    path = out_dir / "synthesis" / f"{case.case_id}_missing-{seq}_{seq}.nii.gz"
-                    outputs.save_nifti(synth[..., k].astype(np.float32), volume, path)
-            bar.update(1)
-        seconds.append(time.perf_counter() - tic)
-    bar.close()
+        for seq, scores in record["ceiling"].items():
+            ceiling[seq].append(scores)
+        for scores_by, into in ((record["model"], model), (record["baseline"], baseline)):
+            for name, by_seq in scores_by.items():
+                for seq, scores in by_seq.items():
+                    into[name].setdefault(seq, []).append(scores)
+        rows += record["rows"]
+        seconds.append(record["seconds"])
     if not seconds:
         raise brats.DataError("no case with all four sequences to evaluate synthesis on")
 
@@ -197,6 +168,50 @@ def evaluate(
     for seq, stats in summary["per_sequence"].items():
         logging.info("%s: PSNR %.2f dB  SSIM %.4f", seq, stats["psnr"]["mean"], stats["ssim"]["mean"])
     return summary
+
+
+def _synthesise_case(case, index, predict_fn, params, key, mesh, out_dir, config) -> case_records.Record:
+    """One case, all 14 patterns: scores of the model, the baseline and the resampling ceiling; CSV rows."""
+    volume = brats.load_case(case)
+    if not all(volume.available):
+        logging.warning("%s: skipped, not every sequence exists to score against", case.case_id)
+        return {"skipped": True}
+    brain = volume.brain
+    normed, geom, z, inputs = segmentation.case_slices(volume, config.data.image_size)
+    box = ssim_box(brain)
+
+    def to_volume(s: np.ndarray) -> np.ndarray:
+        return slices.from_slices(s, geom, z) * brain[..., None]
+
+    roundtrip = to_volume(inputs)
+    record: case_records.Record = {"model": {}, "baseline": {}, "rows": []}
+    record["ceiling"] = {
+        seq: sequence_scores(roundtrip[..., k], normed[..., k], brain, box)
+        for k, seq in enumerate(MODALITIES)
+    }
+    tic = time.perf_counter()
+    for p, available in enumerate(PATTERNS):
+        name = pattern_name(available)
+        vec = availability_vector(available)
+        given = inputs * vec
+        pattern_key = jax.random.fold_in(key, index * len(PATTERNS) + p)
+        out = inference.predict_slices(predict_fn, params, given, pattern_key, mesh, config.eval.batch_size)
+        synth = to_volume(out["synthesis"])
+        mean = to_volume(mean_of_available(given, vec))[..., 0]
+        for k, seq in enumerate(MODALITIES):
+            if vec[k]:
+                continue
+            ours = sequence_scores(synth[..., k], normed[..., k], brain, box)
+            base = sequence_scores(mean, normed[..., k], brain, box)
+            record["model"].setdefault(name, {})[seq] = ours
+            record["baseline"].setdefault(name, {})[seq] = base
+            row = {"case_id": case.case_id, "available": ",".join(available), "sequence": seq}
+            record["rows"].append({**row, **outputs.rounded(ours), **outputs.rounded(base, prefix="mean_")})
+            if config.eval.write_predictions and index < config.eval.num_overlays and len(available) == 3:
+                path = out_dir / "synthesis" / f"{case.case_id}_missing-{seq}_{seq}.nii.gz"
+                outputs.save_nifti(synth[..., k].astype(np.float32), volume, path)
+    record["seconds"] = time.perf_counter() - tic
+    return record
 
 
 def summary_lines(config: ml_collections.ConfigDict, summary: dict[str, Any]) -> list[str]:
