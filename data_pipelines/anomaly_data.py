@@ -193,7 +193,12 @@ def load_anomaly_splits(
         healthy_root = pathlib.Path(d.healthy_root).expanduser()
     else:
         healthy_root = phantom_ixi.ensure_ixi_dataset(
-            sources.cache_dir(config), d.healthy_subjects, d.phantom_seed, d.phantom_spacing_mm, progress
+            sources.cache_dir(config),
+            d.healthy_subjects,
+            d.phantom_seed,
+            d.phantom_spacing_mm,
+            progress,
+            d.get("phantom_version", phantom_ixi.phantom.PHANTOM_VERSION),
         )
     subjects = ixi.find_subjects(healthy_root, tuple(d.sequences), d.mask_suffix)
     healthy = _split_subjects(subjects, tuple(d.split_fractions), d.split_seed)

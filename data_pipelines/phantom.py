@@ -24,7 +24,10 @@ import numpy as np
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
-PHANTOM_VERSION = 2  # part of the cache key: a dataset written by another version is regenerated
+from data_pipelines import phantom_mimics
+
+PHANTOM_VERSION = 3  # part of the cache key: a dataset written by another version is regenerated
+VERSIONS = (2, 3)  # 3 adds the tumour mimics of real scans (`phantom_mimics`) and real-like lesion contrasts
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 LABELS = (0, 1, 2, 4)  # background, necrotic core (NCR), oedema (ED), enhancing tumour (ET)
 TUMOUR_FREE_BLOCK = 8  # exactly one tumour-free case per block of 8 indices (12.5 %)
@@ -48,6 +51,17 @@ _LOW_CONTRAST = {
     2: {"t1": (0.85, 0.93), "t1ce": (0.85, 0.93), "t2": (1.4, 1.7), "flair": (1.3, 1.5)},
     4: {"t1ce": (1.25, 1.45)},
 }
+# Version 3, from the contrasts of real glioma scans (z-scores inside the brain): oedema iso- to hypointense
+# to the brain on T1c and less conspicuous on FLAIR, fading towards its edge; necrosis a larger share of the
+# core (a thin enhancing rim); part of the cores non-enhancing solid tumour (FLAIR-bright, T1c-dark).
+_LESION_V3 = {
+    2: {"t1": (0.62, 0.85), "t1ce": (0.6, 0.82), "t2": (1.4, 2.1), "flair": (1.15, 1.65)},
+    4: {"t1": (0.75, 0.95), "t1ce": (1.15, 1.65), "t2": (1.2, 1.6), "flair": (1.15, 1.6)},
+    1: _LESION[1],
+}
+_TISSUE_V3 = {**_TISSUE, "t1ce": (0.33, 0.72, 1.0)}  # less grey/white contrast on T1c
+_NON_ENHANCING = {"t1": (0.6, 0.8), "t1ce": (0.55, 0.75), "t2": (1.5, 2.0), "flair": (1.3, 1.8)}
+_OEDEMA_EDGE = 0.45  # v3: contrast at the oedema's edge, as a fraction of its contrast near the core
 _BIAS_AMPLITUDE = (0.03, 0.1)  # log-intensity sd of the smooth bias field (BraTS is bias-corrected)
 _CORE_RADIUS_MM = (5.0, 24.0)  # log-uniform; 5 mm is ~1.5 pixels at 64 px
 
@@ -70,6 +84,11 @@ def case_id(index: int) -> str:
 
 def _spacing_tag(spacing_mm: float) -> str:
     return f"{float(spacing_mm):g}mm"
+
+
+def version_tag(version: int) -> str:
+    """The cache folder's suffix for a generator version (none for version 2, whose folders predate it)."""
+    return "" if version == 2 else f"-v{version}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -169,10 +188,11 @@ def _add_lesion(
     tissue: tuple[np.ndarray, ...],
     wm_level: dict[str, float],
     spacing_mm: float,
+    version: int = PHANTOM_VERSION,
 ) -> None:
     """Paint one lesion in place: labels into ``seg``, intensities over the tissue images."""
     gm, wm, csf, brain = tissue
-    kind = rng.choice(["hgg", "solid", "lgg"], p=[0.5, 0.2, 0.3])
+    kind = rng.choice(["hgg", "solid", "lgg"], p=[0.5, 0.2, 0.3] if version < 3 else [0.65, 0.15, 0.2])
     low = rng.random() < 0.3
     r0 = np.exp(rng.uniform(*np.log(_CORE_RADIUS_MM))) / spacing_mm  # core radius, voxels
     axes = r0 * rng.uniform(0.75, 1.25, 3)
@@ -199,19 +219,25 @@ def _add_lesion(
     ed_r -= 0.3 * (wm[box] - 0.5)  # oedema spreads along white matter
     whole = (((ed_r < 1) & (csf[box] < 0.5)) | (core < 1)) & inside
     et = (core < 1) & inside if kind != "lgg" else np.zeros_like(whole)
-    ncr = et & (core < rng.uniform(0.5, 0.8)) if kind == "hgg" else np.zeros_like(whole)
+    ncr_extent = rng.uniform(0.5, 0.8) if version < 3 else rng.uniform(0.6, 0.92)
+    ncr = et & (core < ncr_extent) if kind == "hgg" else np.zeros_like(whole)
     sb = seg[box]
     sb[whole & (sb == 0)] = 2
     sb[et & (sb != 1)] = 4
     sb[ncr] = 1
     sigma = 1.0 / spacing_mm  # ~1 mm partial-volume blur of the lesion boundary
     texture = 1.0 + rng.uniform(0.03, 0.1) * noise
+    table = _LESION if version < 3 else _LESION_V3
+    if version >= 3 and rng.random() < 0.4:  # the core's label-1 part is non-enhancing tumour, not necrosis
+        table = {**table, 1: _NON_ENHANCING}
     for label, region in ((2, whole), (4, et), (1, ncr)):
         if not region.any():
             continue
         alpha = ndi.gaussian_filter(region.astype(np.float32), sigma) * inside
+        if label == 2 and version >= 3:
+            alpha *= _OEDEMA_EDGE + (1.0 - _OEDEMA_EDGE) * np.clip((1.0 - ed_r) / 0.5, 0.0, 1.0)
         for seq, img in images.items():
-            rng_lo, rng_hi = (_LOW_CONTRAST if low else _LESION).get(label, {}).get(seq, _LESION[label][seq])
+            rng_lo, rng_hi = (_LOW_CONTRAST if low else table).get(label, {}).get(seq, table[label][seq])
             value = rng.uniform(rng_lo, rng_hi) * wm_level[seq] * texture
             img[box] += alpha * (value - img[box])
 
@@ -222,8 +248,9 @@ def generate_case(
     spacing_mm: float = 2.0,
     return_tissue: bool = False,
     healthy: bool = False,
+    version: int = PHANTOM_VERSION,
 ) -> dict[str, np.ndarray]:
-    """One synthetic case as a pure function of ``(seed, index)``.
+    """One synthetic case as a pure function of ``(seed, index, version)``.
 
     Returns float32 ``t1, t1ce, t2, flair`` (integer-valued, int16 range, 0 outside the brain as
     in skull-stripped BraTS), uint8 ``seg`` in {0, 1, 2, 4}, the bool ``brain`` and the 4x4 ``affine``;
@@ -232,6 +259,8 @@ def generate_case(
     """
     if index < 0 or seed < 0:
         raise ValueError("index and seed must be non-negative")
+    if version not in VERSIONS:
+        raise ValueError(f"phantom version {version} unknown (known: {', '.join(map(str, VERSIONS))})")
     anat = load_anatomy(float(spacing_mm))
     rng = np.random.default_rng([seed, index, 1])
     tissue = _warp(anat, rng, spacing_mm)
@@ -239,12 +268,14 @@ def generate_case(
     wm_level = {s: float(rng.uniform(400.0, 900.0)) for s in SEQUENCES}
     images = {}
     for seq in SEQUENCES:
-        c_csf, c_gm, _ = (v * rng.uniform(0.93, 1.07) for v in _TISSUE[seq])
+        c_csf, c_gm, _ = (v * rng.uniform(0.93, 1.07) for v in (_TISSUE if version < 3 else _TISSUE_V3)[seq])
         images[seq] = (c_csf * csf + c_gm * gm + wm) * np.float32(wm_level[seq])
+    if version >= 3:
+        phantom_mimics.paint(np.random.default_rng([seed, index, 3]), images, tissue, wm_level, spacing_mm)
     seg = np.zeros(gm.shape, np.uint8)
     if not healthy and not tumour_free(index, seed):
         for _ in range(rng.choice([1, 2, 3], p=[0.6, 0.28, 0.12])):
-            _add_lesion(rng, images, seg, tissue, wm_level, spacing_mm)
+            _add_lesion(rng, images, seg, tissue, wm_level, spacing_mm, version)
     bias = _smooth_fields(rng, gm.shape, len(SEQUENCES), 4).reshape(len(SEQUENCES), -1)
     idx = np.flatnonzero(brain)
     noise_level = rng.uniform(0.015, 0.06)
@@ -281,14 +312,14 @@ def _write_json(path: pathlib.Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _meta(num_cases: int, seed: int, spacing_mm: float) -> dict[str, Any]:
+def _meta(num_cases: int, seed: int, spacing_mm: float, version: int = PHANTOM_VERSION) -> dict[str, Any]:
     return {
         "generator": "diffseg_jax.phantom",
         "layout": "BraTS2021",
         "num_cases": int(num_cases),
         "seed": int(seed),
         "spacing_mm": float(spacing_mm),
-        "version": PHANTOM_VERSION,
+        "version": int(version),
     }
 
 
@@ -342,15 +373,16 @@ def write_dataset(
     seed: int = 0,
     spacing_mm: float = 2.0,
     progress: bool = True,
+    version: int = PHANTOM_VERSION,
 ) -> pathlib.Path:
     """Write ``num_cases`` cases to ``root`` atomically, then ``root/phantom.json``."""
 
     def fill(tmp: pathlib.Path) -> None:
         for i in tqdm(range(num_cases), desc=f"phantom {pathlib.Path(root).name}", disable=not progress):
             cid = case_id(i)
-            _write_case(tmp / cid, cid, generate_case(i, seed, spacing_mm))
+            _write_case(tmp / cid, cid, generate_case(i, seed, spacing_mm, version=version))
 
-    return write_atomically(root, fill, "phantom.json", _meta(num_cases, seed, spacing_mm))
+    return write_atomically(root, fill, "phantom.json", _meta(num_cases, seed, spacing_mm, version))
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -381,11 +413,15 @@ def ensure_dataset(
     seed: int = 0,
     spacing_mm: float = 2.0,
     progress: bool = True,
+    version: int = PHANTOM_VERSION,
 ) -> pathlib.Path:
     """Return the cached dataset directory, generating it only if missing or incomplete."""
     cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache_dir / f"phantom-n{num_cases}-s{seed}-{_spacing_tag(spacing_mm)}"
-    meta = _meta(num_cases, seed, spacing_mm)
+    path = cache_dir / f"phantom-n{num_cases}-s{seed}-{_spacing_tag(spacing_mm)}{version_tag(version)}"
+    meta = _meta(num_cases, seed, spacing_mm, version)
     return ensure_generated(
-        path, "phantom.json", meta, lambda p: write_dataset(p, num_cases, seed, spacing_mm, progress)
+        path,
+        "phantom.json",
+        meta,
+        lambda p: write_dataset(p, num_cases, seed, spacing_mm, progress, version),
     )

@@ -38,7 +38,7 @@ def _save(path: pathlib.Path, data: np.ndarray, affine: np.ndarray, dtype) -> No
     nib.save(img, path)
 
 
-def _meta(num_subjects: int, seed: int, spacing_mm: float) -> dict[str, Any]:
+def _meta(num_subjects: int, seed: int, spacing_mm: float, phantom_version: int) -> dict[str, Any]:
     return {
         "generator": "diffseg_jax.phantom_ixi",
         "layout": "IXI",
@@ -46,7 +46,7 @@ def _meta(num_subjects: int, seed: int, spacing_mm: float) -> dict[str, Any]:
         "seed": int(seed),
         "spacing_mm": float(spacing_mm),
         "version": VERSION,
-        "phantom_version": phantom.PHANTOM_VERSION,
+        "phantom_version": int(phantom_version),
     }
 
 
@@ -56,19 +56,22 @@ def write_ixi_dataset(
     seed: int = 0,
     spacing_mm: float = 2.0,
     progress: bool = True,
+    phantom_version: int = phantom.PHANTOM_VERSION,
 ) -> pathlib.Path:
     """Writes the subjects atomically (`phantom.write_atomically`), then phantom_ixi.json (the marker)."""
 
     def fill(tmp: pathlib.Path) -> None:
         name = pathlib.Path(root).name
         for i in tqdm(range(num_subjects), desc=f"phantom {name}", disable=not progress):
-            case = phantom.generate_case(HEALTHY_INDEX_OFFSET + i, seed, spacing_mm, healthy=True)
+            index = HEALTHY_INDEX_OFFSET + i
+            case = phantom.generate_case(index, seed, spacing_mm, healthy=True, version=phantom_version)
             sid = subject_id(i)
             for suffix, key in _FILES.items():
                 _save(tmp / f"{sid}-{suffix}.nii.gz", case[key], case["affine"], np.int16)
             _save(tmp / f"{sid}-mask.nii.gz", case["brain"], case["affine"], np.uint8)
 
-    return phantom.write_atomically(root, fill, MARKER, _meta(num_subjects, seed, spacing_mm))
+    meta = _meta(num_subjects, seed, spacing_mm, phantom_version)
+    return phantom.write_atomically(root, fill, MARKER, meta)
 
 
 def ensure_ixi_dataset(
@@ -77,10 +80,15 @@ def ensure_ixi_dataset(
     seed: int = 0,
     spacing_mm: float = 2.0,
     progress: bool = True,
+    phantom_version: int = phantom.PHANTOM_VERSION,
 ) -> pathlib.Path:
     """The cached healthy dataset, generated on first use (locked against concurrent generators)."""
-    path = pathlib.Path(cache_dir) / f"phantom-ixi-n{num_subjects}-s{seed}-{phantom._spacing_tag(spacing_mm)}"
-    meta = _meta(num_subjects, seed, spacing_mm)
+    tag = f"{phantom._spacing_tag(spacing_mm)}{phantom.version_tag(phantom_version)}"
+    path = pathlib.Path(cache_dir) / f"phantom-ixi-n{num_subjects}-s{seed}-{tag}"
+    meta = _meta(num_subjects, seed, spacing_mm, phantom_version)
     return phantom.ensure_generated(
-        path, MARKER, meta, lambda p: write_ixi_dataset(p, num_subjects, seed, spacing_mm, progress)
+        path,
+        MARKER,
+        meta,
+        lambda p: write_ixi_dataset(p, num_subjects, seed, spacing_mm, progress, phantom_version),
     )

@@ -26,6 +26,7 @@ def dataset_root(config: ml_collections.ConfigDict, progress: bool = True) -> pa
         seed=config.data.phantom_seed,
         spacing_mm=config.data.phantom_spacing_mm,
         progress=progress,
+        version=config.data.get("phantom_version", phantom.PHANTOM_VERSION),
     )
 
 

@@ -88,6 +88,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     d.phantom_cases = 60
     d.phantom_seed = 0
     d.phantom_spacing_mm = 2.0
+    # 3: with the tumour mimics of real scans (periventricular FLAIR rim, choroid plexus, vessels on T1c) and
+    # real-like lesion contrasts; 2: the earlier generator (tables measured on it say so).
+    d.phantom_version = 3
     d.image_size = 64
     d.target = "regions"  # 'regions' (WT/TC/ET) or 'wt'
     d.slice_range = config_dict.placeholder(tuple)  # e.g. (80, 120); None -> tumour + healthy

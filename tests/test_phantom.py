@@ -7,8 +7,9 @@ import pathlib
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
-from data_pipelines import phantom
+from data_pipelines import phantom, phantom_mimics
 
 SPACING = 4.0
 KEYS = ("t1", "t1ce", "t2", "flair", "seg")
@@ -78,7 +79,7 @@ def test_lesion_intensities():
     assert rel("t1", 1) < 1.0 and rel("flair", 2) > 1.0 and rel("t2", 2) > 1.0
 
 
-def test_every_oedema_is_identifiable_in_flair():
+def test_every_oedema_is_identifiable_in_flair_in_version_2():
     """Subtle lesions stay subtle but visible: oedema must outshine healthy tissue and the bias field.
 
     A lesion fainter than the bias field's variation cannot be found by any model, so a phantom that makes
@@ -86,7 +87,7 @@ def test_every_oedema_is_identifiable_in_flair():
     """
     checked = 0
     for i in range(16):
-        case = phantom.generate_case(i, spacing_mm=SPACING)
+        case = phantom.generate_case(i, spacing_mm=SPACING, version=2)
         seg, flair = case["seg"], case["flair"]
         if not (seg == 2).any():
             continue
@@ -94,6 +95,46 @@ def test_every_oedema_is_identifiable_in_flair():
         assert np.mean(flair[seg == 2] > np.percentile(flair[healthy], 95)) > 0.9, f"case {i}"
         checked += 1
     assert checked >= 10
+
+
+def test_oedema_stays_identifiable_among_the_mimics_of_version_3():
+    """Version 3 fades the oedema towards its edge and adds FLAIR-bright non-tumour tissue, as real scans
+    have; the oedema still stands out: its median above 85 % of healthy tissue in every case, and above the
+    healthy 95th percentile in 90 % of its voxels in most cases."""
+    clear = checked = 0
+    for i in range(16):
+        case = phantom.generate_case(i, spacing_mm=SPACING, version=3)
+        seg, flair = case["seg"], case["flair"]
+        if not (seg == 2).any():
+            continue
+        healthy = (seg == 0) & (flair > 0)
+        assert np.median(flair[seg == 2]) > np.percentile(flair[healthy], 85), f"case {i}"
+        clear += np.mean(flair[seg == 2] > np.percentile(flair[healthy], 95)) > 0.9
+        checked += 1
+    assert checked >= 10 and clear >= 0.75 * checked
+
+
+def test_version_3_mimics_are_unlabelled_and_where_real_scans_have_them():
+    two = phantom.generate_case(1, spacing_mm=SPACING, healthy=True, version=2, return_tissue=True)
+    three = phantom.generate_case(1, spacing_mm=SPACING, healthy=True, version=3, return_tissue=True)
+    assert not three["seg"].any()
+    np.testing.assert_array_equal(two["csf"], three["csf"])  # the same subject, with the mimics painted on
+    brain, csf, wm = three["brain"], three["csf"], three["wm"]
+    vent = phantom_mimics.ventricles(csf, brain, SPACING)
+    assert 10 < vent.sum() < 0.1 * brain.sum()
+    rng = np.random.default_rng(0)
+    rim = phantom_mimics.periventricular_rim(rng, vent, wm, SPACING)
+    assert not rim[vent].any() and rim.max() > 0.3
+    near = ndi.binary_dilation(vent) & ~vent
+    far = ~ndi.binary_dilation(vent, iterations=4) & brain
+    assert rim[near].mean() > 0.1 and not rim[far].any()
+    plexus = phantom_mimics.choroid_plexus(rng, vent, SPACING)
+    assert plexus.max() > 0.5 and not plexus[~vent].any()
+    tubes = phantom_mimics.vessels(rng, brain, SPACING)
+    assert 0 < (tubes > 0.5).sum() < 0.05 * brain.sum() and not tubes[~brain].any()
+    # T1c brighter on the vessels and the brain's edge than without the mimics
+    edge = brain & ~ndi.binary_erosion(brain)
+    assert three["t1ce"][edge].mean() > two["t1ce"][edge].mean()
 
 
 def test_tumour_free_fraction_and_case():
@@ -133,7 +174,7 @@ def test_write_dataset_layout(tmp_path: pathlib.Path):
 
 def test_ensure_dataset_reuses(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch):
     path = phantom.ensure_dataset(tmp_path, num_cases=2, seed=3, spacing_mm=SPACING, progress=False)
-    assert path == tmp_path / "phantom-n2-s3-4mm"
+    assert path == tmp_path / f"phantom-n2-s3-4mm-v{phantom.PHANTOM_VERSION}"
     marker = path / "BraTS2021_00001" / "BraTS2021_00001_seg.nii.gz"
     mtimes = (marker.stat().st_mtime_ns, (path / "phantom.json").stat().st_mtime_ns)
 
