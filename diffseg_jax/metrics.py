@@ -1,6 +1,6 @@
 """Every score the project reports, exact, in numpy: overlap and distance of binary masks (Dice, IoU,
-HD95, sensitivity, specificity), detection (best-Dice threshold, AUPRC) and image similarity (PSNR, SSIM,
-MAE).
+HD95, sensitivity, specificity), detection (best-Dice threshold, AUPRC), image similarity (PSNR, SSIM,
+MAE) and the worth of an uncertainty map (QU-BraTS score, uncertainty-error overlap, calibration error).
 
 Plain numpy + scipy.ndimage so evaluation never depends on JAX device state. The surface and
 HD95 definitions follow the official BraTS evaluation (medpy): connectivity-1 surfaces and the
@@ -27,16 +27,21 @@ from scipy import ndimage
 __all__ = [
     "auprc",
     "best_threshold",
+    "calibration_bins",
     "dice",
+    "expected_calibration_error",
     "hd95",
     "iou",
     "mae",
     "psnr",
+    "qu_brats",
     "region_metrics",
     "sensitivity",
     "specificity",
     "ssim",
     "summarize",
+    "uncertainty_error_overlap",
+    "uncertainty_scores",
 ]
 
 
@@ -277,3 +282,112 @@ def mae(x: np.ndarray, y: np.ndarray) -> float:
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {x.shape} vs {y.shape}")
     return float(np.mean(np.abs(x - y)))
+
+
+# Uncertainty scores: maps in [0, 100] (QU-BraTS's scale; 100 = most uncertain), inside the brain.
+
+QU_BRATS_THRESHOLDS = np.linspace(100.0, 0.0, 41)  # the challenge's evaluation: 40 steps from 100 to 0
+CALIBRATION_BINS = 10
+
+
+def _counts_kept(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """For each threshold, how many of `values` are <= it (kept: not filtered as uncertain)."""
+    return np.searchsorted(np.sort(values), thresholds, side="right")
+
+
+def qu_brats(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    uncertainty: np.ndarray,
+    brain: np.ndarray,
+    thresholds: np.ndarray = QU_BRATS_THRESHOLDS,
+) -> dict[str, float]:
+    """The QU-BraTS score of one region (Mehta et al., MELBA 2022).
+
+    At each threshold tau the voxels with uncertainty > tau are filtered out: Dice over the kept voxels (1.0
+    when none of them is in the prediction or the reference), and the ratios of filtered true positives and
+    true negatives (inside the brain). With AUCs over tau / 100, the score is
+    (AUC_Dice + (1 - AUC_FTP) + (1 - AUC_FTN)) / 3: high when confident voxels are right and few right
+    voxels are called uncertain.
+    """
+    pred, ref, brain = (np.asarray(a, bool) for a in (pred, ref, brain))
+    u = np.asarray(uncertainty, np.float64)[brain]
+    p, r = pred[brain], ref[brain]
+    kept = {
+        name: _counts_kept(u[mask], thresholds)
+        for name, mask in (("tp", p & r), ("fp", p & ~r), ("fn", ~p & r), ("tn", ~p & ~r))
+    }
+    denom = 2 * kept["tp"] + kept["fp"] + kept["fn"]
+    dice_at = np.where(denom == 0, 1.0, 2 * kept["tp"] / np.maximum(denom, 1))
+    total_tp, total_tn = int((p & r).sum()), int((~p & ~r).sum())
+    eps = np.finfo(np.float32).eps
+    ftp = (total_tp - kept["tp"]) / (total_tp + eps)
+    ftn = (total_tn - kept["tn"]) / (total_tn + eps)
+    x = np.asarray(thresholds, np.float64) / 100.0
+    order = np.argsort(x)
+
+    def auc(y: np.ndarray) -> float:
+        xs, ys = x[order], y[order]
+        return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2.0))
+
+    dice_auc, ftp_auc, ftn_auc = auc(dice_at), auc(ftp), auc(ftn)
+    return {
+        "qu_score": (dice_auc + (1.0 - ftp_auc) + (1.0 - ftn_auc)) / 3.0,
+        "qu_dice_auc": dice_auc,
+        "qu_ftp_auc": ftp_auc,
+        "qu_ftn_auc": ftn_auc,
+    }
+
+
+def uncertainty_error_overlap(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    uncertainty: np.ndarray,
+    brain: np.ndarray,
+    thresholds: np.ndarray = QU_BRATS_THRESHOLDS,
+) -> float:
+    """UEO (Jungo and Reyes, MICCAI 2019): the best Dice, over thresholds tau, between the voxels with
+    uncertainty > tau and the voxels the prediction gets wrong (inside the brain). 1.0: the uncertainty
+    marks exactly the errors; 0.0: it marks none. No error and nothing uncertain -> 1.0."""
+    pred, ref, brain = (np.asarray(a, bool) for a in (pred, ref, brain))
+    u = np.asarray(uncertainty, np.float64)[brain]
+    error = pred[brain] != ref[brain]
+    uncertain = u.size - _counts_kept(u, thresholds)
+    both = int(error.sum()) - _counts_kept(u[error], thresholds)
+    denom = int(error.sum()) + uncertain
+    scores = np.where(denom == 0, 1.0, 2 * both / np.maximum(denom, 1))
+    return float(scores.max())
+
+
+def calibration_bins(prob: np.ndarray, ref: np.ndarray, brain: np.ndarray) -> dict[str, list[float]]:
+    """Per probability bin (10 equal bins of [0, 1]) inside the brain: the voxel count, the sum of the
+    predicted probabilities and the number of reference voxels; summable over cases."""
+    p = np.asarray(prob, np.float64)[np.asarray(brain, bool)]
+    y = np.asarray(ref, bool)[np.asarray(brain, bool)]
+    index = np.minimum((p * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    return {
+        "count": np.bincount(index, minlength=CALIBRATION_BINS).astype(float).tolist(),
+        "sum_prob": np.bincount(index, weights=p, minlength=CALIBRATION_BINS).tolist(),
+        "sum_ref": np.bincount(index, weights=y.astype(float), minlength=CALIBRATION_BINS).tolist(),
+    }
+
+
+def expected_calibration_error(bins: dict[str, list[float]]) -> float:
+    """ECE of a region's voxel probabilities: sum over bins of (share of voxels) x |observed frequency of
+    the region - mean predicted probability|. 0 = calibrated; 0.5 = e.g. certain of everything, half wrong."""
+    count = np.asarray(bins["count"], np.float64)
+    if count.sum() == 0:
+        return float("nan")
+    gap = np.abs(np.asarray(bins["sum_ref"]) - np.asarray(bins["sum_prob"]))  # = count x |freq - conf|
+    return float(gap.sum() / count.sum())
+
+
+def uncertainty_scores(
+    prob: np.ndarray, pred: np.ndarray, ref: np.ndarray, uncertainty: np.ndarray, brain: np.ndarray
+) -> dict[str, float]:
+    """QU-BraTS score (and its AUCs), UEO and ECE of one region; `uncertainty` in [0, 100]."""
+    return {
+        **qu_brats(pred, ref, uncertainty, brain),
+        "ueo": uncertainty_error_overlap(pred, ref, uncertainty, brain),
+        "ece": expected_calibration_error(calibration_bins(prob, ref, brain)),
+    }

@@ -138,3 +138,24 @@ def save_overlay(path: str | os.PathLike[str], title: str, panels: list[Panel]) 
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _atomic(pathlib.Path(path), lambda tmp: fig.savefig(tmp, dpi=80), suffix=".png")
+
+
+def save_reliability_diagram(
+    path: str | os.PathLike[str], calibration: dict[str, dict[str, list[float]]], title: str
+) -> pathlib.Path:
+    """Observed frequency against mean predicted probability per bin, one line per region, atomically."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.6, 3.4))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    for region, bins in calibration.items():
+        count = np.asarray(bins["count"], np.float64)
+        filled = count > 0
+        confidence = np.asarray(bins["sum_prob"])[filled] / count[filled]
+        frequency = np.asarray(bins["sum_ref"])[filled] / count[filled]
+        ax.plot(confidence, frequency, marker="o", markersize=3, label=region.upper())
+    ax.set(xlabel="predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _atomic(pathlib.Path(path), lambda tmp: fig.savefig(tmp, dpi=100), suffix=".png")

@@ -38,9 +38,13 @@ def test_eval_writes_every_output(trained, cli):
     best_steps = [int(p.name) for p in (trained / "best").iterdir() if p.name.isdigit()]
     assert [summary["checkpoint_step"]] == best_steps  # eval.checkpoint=best by default
     for region in ("wt", "tc", "et"):
-        for metric in ("dice", "iou", "hd95", "sensitivity", "specificity"):
+        for metric in ("dice", "iou", "hd95", "sensitivity", "specificity", "qu_score", "ueo", "ece"):
             stats = summary["regions"][region][metric]
             assert np.isfinite(stats["mean"]) and np.isfinite(stats["std"])
+        assert 0.0 <= summary["regions"][region]["qu_score"]["mean"] <= 1.0
+        pooled = summary["calibration"][region]
+        assert 0.0 <= pooled["ece"] <= 1.0 and sum(pooled["count"]) > 0
+    assert (out / "reliability.png").stat().st_size > 0
     assert summary["seconds_per_case"] > 0
     rows = list(csv.DictReader((out / "per_case.csv").open()))
     assert len(rows) == summary["num_cases"] >= 1
@@ -58,7 +62,7 @@ def test_eval_writes_every_output(trained, cli):
             assert int(written.header["sform_code"]) == int(ref.header["sform_code"])
         assert pred.get_data_dtype() == np.uint8 and unc.get_data_dtype() == np.float32
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 4}
-        assert float(row["wt_dice"]) >= 0.0
+        assert float(row["wt_dice"]) >= 0.0 and 0.0 <= float(row["et_ueo"]) <= 1.0
     assert list((out / "overlays").glob("*.png"))
 
 

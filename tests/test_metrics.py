@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from diffseg_jax import metrics
 from diffseg_jax.metrics import (
     _surface,
     dice,
@@ -165,3 +166,57 @@ def test_summarize_mean_std_median_ignores_nan():
     assert s["hd95"] == pytest.approx({"mean": 3.0, "std": 1.0, "median": 3.0})
     assert summarize([]) == {}
     assert math.isnan(summarize([{"x": float("nan")}])["x"]["mean"])
+
+
+# Uncertainty scores against hand-computed cases. Eight brain voxels: TP at 0-2, an FN at 3, an FP at 4, TN
+# at 5-7 (Dice 0.75); two more voxels outside the brain that must not count.
+UNC_REF = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0], bool)
+UNC_PRED = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 1], bool)
+UNC_BRAIN = np.array([1] * 8 + [0, 0], bool)
+# Filtering at every threshold below 100 (40 of the 41 points), then the last trapezoid to 100.
+KEPT_BELOW_100 = 0.975
+
+
+def _unc(values: list[float]) -> np.ndarray:
+    return np.array(values + [0.0, 100.0])
+
+
+def test_a_perfect_uncertainty_map_scores_highest():
+    perfect = _unc([0, 0, 0, 100, 100, 0, 0, 0])  # uncertain exactly where the prediction is wrong
+    scores = metrics.qu_brats(UNC_PRED, UNC_REF, perfect, UNC_BRAIN)
+    dice_auc = KEPT_BELOW_100 * 1.0 + 0.025 * (1.0 + 0.75) / 2
+    assert scores["qu_dice_auc"] == pytest.approx(dice_auc)
+    assert scores["qu_ftp_auc"] == scores["qu_ftn_auc"] == 0.0
+    assert scores["qu_score"] == pytest.approx((dice_auc + 2.0) / 3)
+    assert metrics.uncertainty_error_overlap(UNC_PRED, UNC_REF, perfect, UNC_BRAIN) == 1.0
+
+
+def test_a_useless_uncertainty_map_is_penalised_by_the_filtered_ratios():
+    everything = _unc([100.0] * 8)  # all uncertain: every right voxel is filtered below 100
+    scores = metrics.qu_brats(UNC_PRED, UNC_REF, everything, UNC_BRAIN)
+    ratio_auc = KEPT_BELOW_100 * 1.0 + 0.025 * 0.5
+    assert scores["qu_ftp_auc"] == pytest.approx(ratio_auc) and scores["qu_ftn_auc"] == pytest.approx(
+        ratio_auc
+    )
+    assert scores["qu_score"] == pytest.approx((0.996875 + 2 * (1 - ratio_auc)) / 3)
+    assert metrics.uncertainty_error_overlap(UNC_PRED, UNC_REF, everything, UNC_BRAIN) == pytest.approx(0.4)
+    nothing = _unc([0.0] * 8)  # overconfident: nothing is ever filtered, Dice stays 0.75
+    assert metrics.qu_brats(UNC_PRED, UNC_REF, nothing, UNC_BRAIN)["qu_score"] == pytest.approx(2.75 / 3)
+    assert metrics.uncertainty_error_overlap(UNC_PRED, UNC_REF, nothing, UNC_BRAIN) == 0.0
+    perfect = metrics.qu_brats(UNC_PRED, UNC_REF, _unc([0, 0, 0, 100, 100, 0, 0, 0]), UNC_BRAIN)
+    assert perfect["qu_score"] > 2.75 / 3 > scores["qu_score"]
+
+
+def test_expected_calibration_error_by_hand():
+    brain = np.ones(4, bool)
+
+    def ece(prob: float, positives: int) -> float:
+        ref = np.arange(4) < positives
+        return metrics.expected_calibration_error(metrics.calibration_bins(np.full(4, prob), ref, brain))
+
+    assert ece(0.25, 1) == pytest.approx(0.0)  # a quarter predicted, a quarter true
+    assert ece(1.0, 2) == pytest.approx(0.5)  # certain of all four, half wrong
+    assert ece(0.95, 4) == pytest.approx(0.05)
+    probs, ref = np.array([0.05, 0.95, 0.5, 0.9]), np.array([0, 1, 1, 0], bool)
+    bins = metrics.calibration_bins(probs, ref, np.array([1, 1, 1, 0], bool))  # the last is outside
+    assert bins["count"][0] == bins["count"][9] == bins["count"][5] == 1.0 and sum(bins["count"]) == 3

@@ -77,5 +77,6 @@ def per_example_soft_dice_loss(prob: jnp.ndarray, label: jnp.ndarray, eps: float
 
 
 def binary_entropy(prob: jnp.ndarray) -> jnp.ndarray:
+    """The entropy of a region probability in bits: in [0, 1], the scale of every method's uncertainty map."""
     p = jnp.clip(prob, 1e-6, 1 - 1e-6)
-    return -(p * jnp.log(p) + (1 - p) * jnp.log(1 - p))
+    return -(p * jnp.log2(p) + (1 - p) * jnp.log2(1 - p))

@@ -10,11 +10,14 @@ the overlap terms push the background below -1 against the MSE and training beco
 A method may add a loss on the network's recorded intermediates (MedSegDiff-V2's condition model). Masks are
 diffused in [-1, 1]. Prediction: S chains as a vmap axis with the condition computed once per image, fused by
 `sampling.fusion`: 'stepwise' (BTSegDiff's stepwise uncertainty), or the chains' final estimates fused by
-'mean' or 'staple' (MedSegDiff's public sampler; `ensemble.py`).
+'mean' or 'staple' (MedSegDiff's public sampler; `ensemble.py`). The uncertainty map, in [0, 1] like every
+method's: stepwise, the weighted mean of U_t = -X_t log X_t scaled by e (its maximum is 1/e); otherwise the
+entropy (bits) of the fused probability.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +30,7 @@ import optax
 from diffseg_jax import ensemble, uncertainty
 from diffseg_jax.diffusion import process
 from diffseg_jax.diffusion.schedules import make_schedule
-from diffseg_jax.methods.base import Method, model_apply, num_outputs, soft_dice_loss
+from diffseg_jax.methods.base import Method, binary_entropy, model_apply, num_outputs, soft_dice_loss
 
 FUSIONS = ("stepwise",) + tuple(ensemble.FUSIONS)
 
@@ -119,7 +122,9 @@ def build_conditional_diffusion(
             num_steps=s.num_steps,
             eta=s.eta,
         )
-        prob = out["prob"] if s.fusion == "stepwise" else ensemble.FUSIONS[s.fusion](out["chains"])
-        return {"prob": prob, "uncertainty": out["uncertainty"]}
+        if s.fusion == "stepwise":
+            return {"prob": out["prob"], "uncertainty": out["uncertainty"] * math.e}
+        prob = ensemble.FUSIONS[s.fusion](out["chains"])
+        return {"prob": prob, "uncertainty": binary_entropy(prob)}
 
     return Method(name, init, loss, predict)

@@ -180,11 +180,29 @@ def _evaluate_cases(
         "seconds_per_case": float(np.mean(seconds)) if seconds else None,
         "regions": {r: metrics.summarize(v) for r, v in per_region.items() if v},
     }
+    calibration = pooled_calibration(records)
+    if calibration:
+        summary["calibration"] = {
+            region: {"ece": metrics.expected_calibration_error(bins), **bins}
+            for region, bins in calibration.items()
+        }
+        outputs.save_reliability_diagram(out_dir / "reliability.png", calibration, config.method)
     outputs.write_csv(out_dir / "per_case.csv", [r["row"] for r in records])
     outputs.write_json(out_dir / "metrics.json", summary)
     for region, stats in summary["regions"].items():
         logging.info("%s dice %.4f  hd95 %.2f mm", region, stats["dice"]["mean"], stats["hd95"]["mean"])
     return summary
+
+
+def pooled_calibration(records: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """The calibration bins of every case summed per region (the test split's reliability diagram)."""
+    pooled: dict[str, dict[str, list[float]]] = {}
+    for record in records:
+        for region, bins in record.get("calibration", {}).items():
+            into = pooled.setdefault(region, {key: [0.0] * len(values) for key, values in bins.items()})
+            for key, values in bins.items():
+                into[key] = [a + b for a, b in zip(into[key], values, strict=True)]
+    return pooled
 
 
 def _evaluate_case(
@@ -210,14 +228,32 @@ def _evaluate_case(
         save_overlay(out_dir / "overlays" / f"{case.case_id}.png", volume, labels, uncertainty)
     row: dict[str, Any] = {"case_id": case.case_id, "seconds": round(seconds, 3)}
     region_metrics: dict[str, dict[str, float]] = {}
+    calibration: dict[str, dict[str, list[float]]] = {}
     if volume.seg is not None:
+        scores = case_metrics(labels, volume, config.data.target)
+        worth, calibration = uncertainty_metrics(out, labels, volume, config.data.target)
         region_metrics = {
-            region: {name: float(v) for name, v in values.items()}
-            for region, values in case_metrics(labels, volume, config.data.target).items()
+            region: {name: float(v) for name, v in {**values, **worth[region]}.items()}
+            for region, values in scores.items()
         }
         for region, values in region_metrics.items():
             row.update(outputs.rounded(values, prefix=f"{region}_"))
-    return {"row": row, "metrics": region_metrics}
+    return {"row": row, "metrics": region_metrics, "calibration": calibration}
+
+
+def uncertainty_metrics(
+    out: dict[str, np.ndarray], labels: np.ndarray, volume: brats.CaseVolume, target: str
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]:
+    """Per region: what the uncertainty map is worth (QU-BraTS score, UEO, ECE; `metrics.uncertainty_scores`
+    with the map's [0, 1] scaled to QU-BraTS's [0, 100]) and the calibration bins (summed over cases)."""
+    ref = brats.labels_to_regions(volume.seg, volume.convention)
+    pred = (labels > 0)[..., None] if target == "wt" else brats.labels_to_regions(labels, volume.convention)
+    scores, bins = {}, {}
+    for i, region in enumerate(REGIONS[: pred.shape[-1]]):
+        prob, unc = out["prob"][..., i], 100.0 * out["uncertainty"][..., i]
+        scores[region] = metrics.uncertainty_scores(prob, pred[..., i], ref[..., i], unc, volume.brain)
+        bins[region] = metrics.calibration_bins(prob, ref[..., i], volume.brain)
+    return scores, bins
 
 
 def evaluate_subsets(
