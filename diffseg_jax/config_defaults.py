@@ -145,6 +145,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     e.available = ""  # e.g. 'flair': segment with only these sequences (the others zeroed); 'each': all 15
     e.fill_in_workdir = config_dict.placeholder(str)  # a trained M2DN: synthesise missing sequences first
     e.fill_in_config = "configs/m2dn.py"  # its config (':smoke' etc. as --config takes it)
+    # 'flips': test-time augmentation, the mean probability over the slice and its three flips, uncertainty =
+    # that mean's entropy (an uncertainty for any method, e.g. the U-Net's); '' = the method's own output.
+    e.tta = ""
 
     if preset == "smoke":
         d.phantom_cases = 6

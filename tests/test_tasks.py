@@ -5,6 +5,7 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from diffseg_jax import tasks
@@ -57,3 +58,28 @@ def test_predict_returns_what_the_task_declares(name):
     for key_name, value in out.items():
         assert value.shape == (b, h, w, channels[key_name]), (config.method, key_name, value.shape)
         assert value.dtype == jnp.float32
+
+
+def test_flip_augmentation_averages_flipped_back_predictions_and_its_entropy_is_the_uncertainty():
+    from diffseg_jax import parallel
+    from diffseg_jax.tasks.segmentation import predict_with_flips
+
+    mesh = parallel.make_mesh()
+    images = np.random.default_rng(0).normal(size=(4, 8, 8, 4)).astype(np.float32)
+
+    def equivariant(params, batch, key):  # depends on the pixel only: flips change nothing
+        prob = (batch[..., :1] > 0).astype(jnp.float32)
+        return {"prob": prob, "uncertainty": jnp.zeros_like(prob)}
+
+    def left_half(params, batch, key):  # "tumour" in the left half whatever the image: flips expose it
+        prob = jnp.broadcast_to(
+            (jnp.arange(8) < 4).astype(jnp.float32)[None, None, :, None], batch.shape[:3] + (1,)
+        )
+        return {"prob": prob, "uncertainty": jnp.zeros_like(prob)}
+
+    out = predict_with_flips(equivariant, None, images, jax.random.PRNGKey(0), mesh, 4)
+    np.testing.assert_array_equal(out["prob"], (images[..., :1] > 0).astype(np.float32))
+    assert np.abs(out["uncertainty"]).max() < 1e-4  # certain: every flip agrees
+    out = predict_with_flips(left_half, None, images, jax.random.PRNGKey(0), mesh, 4)
+    np.testing.assert_allclose(out["prob"], 0.5)  # two flips say left, two say right
+    np.testing.assert_allclose(out["uncertainty"], 1.0, atol=1e-5)  # one bit: as uncertain as can be

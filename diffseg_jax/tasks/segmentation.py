@@ -22,6 +22,7 @@ from absl import logging
 from data_pipelines import brats, slices, sources
 from diffseg_jax import inference, metrics, modalities, outputs, parallel
 from diffseg_jax.checkpoint import restore_params
+from diffseg_jax.methods.base import binary_entropy
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.tasks import case_records, tables
 from diffseg_jax.tasks.base import Arrays, Predict, Task, TrainingData
@@ -47,6 +48,37 @@ def case_slices(volume: brats.CaseVolume, image_size: int) -> tuple[np.ndarray, 
     return normed, geom, z, slices.to_slices(normed, geom, z)
 
 
+FLIPS = ((), (1,), (2,), (1, 2))  # the slice as is, flipped left-right, front-back, both
+
+
+def predict_with_flips(
+    predict_fn: inference.PredictFn,
+    params: Any,
+    inputs: np.ndarray,
+    key: jax.Array,
+    mesh,
+    batch_size: int,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Test-time augmentation: the probability averaged over the slices and their flips (each flipped
+    back), and as uncertainty the entropy (bits) of that mean."""
+    probs = []
+    for k, axes in enumerate(FLIPS):
+        flipped = np.flip(inputs, axes) if axes else inputs
+        out = inference.predict_slices(
+            predict_fn,
+            params,
+            np.ascontiguousarray(flipped),
+            jax.random.fold_in(key, k),
+            mesh,
+            batch_size,
+            progress,
+        )
+        probs.append(np.flip(out["prob"], axes) if axes else out["prob"])
+    prob = np.mean(probs, axis=0)
+    return {"prob": prob, "uncertainty": np.asarray(binary_entropy(prob))}
+
+
 def segment_volume(
     predict_fn: inference.PredictFn,
     params: Any,
@@ -67,7 +99,12 @@ def segment_volume(
         inputs = inputs * modalities.availability_vector(modalities.parse_available(config.eval.available))
     if fill_in is not None:
         inputs = fill_in(inputs, jax.random.fold_in(key, 1))
-    out = inference.predict_slices(predict_fn, params, inputs, key, mesh, config.eval.batch_size, progress)
+    if config.eval.get("tta", ""):
+        out = predict_with_flips(predict_fn, params, inputs, key, mesh, config.eval.batch_size, progress)
+    else:
+        out = inference.predict_slices(
+            predict_fn, params, inputs, key, mesh, config.eval.batch_size, progress
+        )
     return {
         name: slices.from_slices(out[name], geom, z) * mask[..., None] for name in ("prob", "uncertainty")
     }
