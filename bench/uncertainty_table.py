@@ -1,0 +1,89 @@
+"""What each uncertainty map is worth on the phantom test split: QU-BraTS score, UEO and ECE per region.
+
+    python bench/uncertainty_table.py --runs=runs/compare --out=runs/uncertainty
+    python bench/uncertainty_table.py --runs=/tmp/u --out=/tmp/u --preset=smoke   # to try it
+
+Sources: the U-Net's softmax entropy, the U-Net with flip test-time augmentation (entropy of the mean over
+four flips), MedSegDiff-V1's chains fused by their mean (the entropy of that mean) and BTSegDiff's stepwise
+uncertainty. Trained runs are read from <runs>/<method> (a missing or unfinished one is trained there through
+run_train.py with the `--config.*` overrides given); each source is evaluated through run_eval.py into
+<runs>/<method>/eval_uncertainty_<source>, reused when it exists. The table goes to <out>/uncertainty.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+from finished import trained  # bench/ is the script's folder, on sys.path
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REGIONS = ("wt", "tc", "et")
+# source name -> (method, its run_eval overrides)
+SOURCES = {
+    "U-Net softmax entropy": ("unet_baseline", []),
+    "U-Net + flip TTA": ("unet_baseline", ["--config.eval.tta=flips"]),
+    "MedSegDiff-V1 entropy of the mean of 5 chains": ("medsegdiff_v1", ["--config.sampling.fusion=mean"]),
+    "BTSegDiff stepwise uncertainty": ("btsegdiff", []),
+}
+
+
+def slug(source: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in source.lower()).strip("_")
+
+
+def run(script: str, method: str, preset: str, args: list[str]) -> None:
+    config = f"--config=configs/{method}.py" + (f":{preset}" if preset else "")
+    cmd = [sys.executable, str(ROOT / script), config, *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def table(results: dict[str, dict]) -> str:
+    header = ["uncertainty source", "WT Dice"]
+    header += [f"{r.upper()} QU-BraTS" for r in REGIONS] + [f"{r.upper()} UEO" for r in REGIONS]
+    header += [f"{r.upper()} ECE" for r in REGIONS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for source, summary in results.items():
+        regions = summary["regions"]
+        cells = [source, f"{regions['wt']['dice']['mean']:.3f}"]
+        cells += [f"{regions[r]['qu_score']['mean']:.3f}" for r in REGIONS]
+        cells += [f"{regions[r]['ueo']['mean']:.3f}" for r in REGIONS]
+        cells += [f"{summary['calibration'][r]['ece']:.4f}" for r in REGIONS]  # pooled over the test cases
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--runs", default="runs/compare", help="trained workdirs, one per method")
+    parser.add_argument("--out", default="runs/uncertainty")
+    parser.add_argument("--preset", default="")
+    parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated names of SOURCES")
+    args, overrides = parser.parse_known_args(argv)  # --config.* flags for every training and evaluation
+    if any(not o.startswith("--config.") for o in overrides):
+        parser.error(f"unknown arguments {overrides}; only --config.* overrides are passed through")
+    runs, out = pathlib.Path(args.runs).resolve(), pathlib.Path(args.out).resolve()
+    results = {}
+    for source in args.sources.split(","):
+        method, eval_args = SOURCES[source]
+        workdir = runs / method
+        if not trained(workdir):
+            run("run_train.py", method, args.preset, [f"--workdir={workdir}", *overrides])
+        out_dir = workdir / f"eval_uncertainty_{slug(source)}"
+        if not (out_dir / "metrics.json").exists():
+            flags = [f"--workdir={workdir}", f"--config.eval.output_dir={out_dir}", *eval_args, *overrides]
+            run("run_eval.py", method, args.preset, flags)
+        results[source] = json.loads((out_dir / "metrics.json").read_text())
+    text = table(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "uncertainty.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
