@@ -34,6 +34,46 @@ XLA_SETUPS = {
 }
 
 
+def machine_peak() -> dict:
+    """This machine's float32 peak from /proc/cpuinfo: cores x clock x vector lanes x 2 (an FMA is two FLOPs)
+    x FMA units per core. The unit count is not in /proc/cpuinfo: server cores with AVX-512 have two (Intel
+    Xeon Gold/Platinum, AMD Zen 4 double-pumped), some one; both peaks are given."""
+    lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    mhz = [float(line.split(":")[1]) for line in lines if line.startswith("cpu MHz")]
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    clock_ghz = max(mhz) / 1000.0 if mhz else float("nan")
+    per_unit = _NCPU * clock_ghz * lanes * 2
+    return {
+        "cores": _NCPU,
+        "clock_ghz": clock_ghz,
+        "float32_lanes": lanes,
+        "peak_gflops_1_fma_unit": round(per_unit, 1),
+        "peak_gflops_2_fma_units": round(2 * per_unit, 1),
+    }
+
+
+def _flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled program, from XLA's cost analysis (None if it gives none)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0] if analysis else None
+    return float(analysis["flops"]) if analysis and "flops" in analysis else None
+
+
+def _utilisation(flops: float | None, seconds: float) -> dict:
+    if not flops:
+        return {}
+    achieved = flops / seconds / 1e9
+    peak = machine_peak()
+    return {
+        "gflop_per_call": round(flops / 1e9, 3),
+        "achieved_gflops": round(achieved, 1),
+        "fraction_of_peak_1_fma_unit": round(achieved / peak["peak_gflops_1_fma_unit"], 3),
+        "fraction_of_peak_2_fma_units": round(achieved / peak["peak_gflops_2_fma_units"], 3),
+    }
+
+
 def _peak_rss_mb() -> float:
     import resource
 
@@ -98,6 +138,7 @@ def worker_train(args) -> dict:
         "compile_seconds": round(compile_seconds, 2),
         "median_step_seconds": round(step_seconds, 4),
         "train_images_per_second": round(config.train.batch_size / step_seconds, 2),
+        **_utilisation(_flops(compiled), step_seconds),
         "xla_temp_mb": round(memory.temp_size_in_bytes / 2**20, 1) if memory else None,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
@@ -134,6 +175,7 @@ def worker_sampling(args) -> dict:
     seconds = time.perf_counter() - tic
     per_slice = seconds / args.slices
     steps = 1000 if args.sampler == "ddpm" else args.num_steps
+    batch_seconds = per_slice * batch_size  # one call of the compiled program samples one slice batch
     return {
         "sampler": args.sampler,
         "num_steps": steps,
@@ -143,6 +185,7 @@ def worker_sampling(args) -> dict:
         "compile_seconds": round(compile_seconds, 2),
         "seconds_per_slice": round(per_slice, 4),
         "seconds_per_155_slice_case": round(per_slice * 155, 1),
+        **_utilisation(_flops(compiled), batch_seconds),
         "per_case_is_extrapolated": args.slices < 155,
         "xla_temp_mb": round(memory.temp_size_in_bytes / 2**20, 1) if memory else None,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
@@ -226,6 +269,7 @@ def main() -> None:
         return
 
     out = open(args.out, "a") if args.out else None  # noqa: SIM115 - closed below
+    print(json.dumps({"bench": "machine", **machine_peak()}), flush=True)
 
     def emit(record: dict) -> None:
         line = json.dumps(record)
