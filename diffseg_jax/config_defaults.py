@@ -61,6 +61,11 @@ def add_diffusion(c: ml_collections.ConfigDict, preset: str) -> None:
     d.parameterization = "x0"
     d.min_snr_gamma = 5.0
     d.timestep_power = 1.0  # training t ~ T u^(1/power): 1 = uniform (the papers); > 1 favours high noise
+    # Recycling (Fu et al., MELBA 2023): x_t built from the model's own x0 estimate (no gradient through it)
+    # instead of the reference, as at sampling. 'xT': the estimate from pure noise at t = T; 'xt': from x_t
+    # of the reference at the same t. Each example recycles with probability recycling_prob. '' = off.
+    d.recycling = ""
+    d.recycling_prob = 0.5
 
     c.loss = lo = ml_collections.ConfigDict()
     lo.noise_weight = 1.0

@@ -45,6 +45,8 @@ def build_conditional_diffusion(
     d, s = config.diffusion, config.sampling
     if s.fusion not in FUSIONS:
         raise ValueError(f"unknown sampling.fusion {s.fusion!r}; expected one of {FUSIONS}")
+    if d.get("recycling", "") not in ("", "xT", "xt"):
+        raise ValueError(f"unknown diffusion.recycling {d.recycling!r}; expected '', 'xT' or 'xt'")
     schedule = make_schedule(d.schedule, d.num_steps)
     bounded = d.parameterization == "x0"
     apply = model_apply(model, config)
@@ -58,12 +60,33 @@ def build_conditional_diffusion(
         t = jnp.zeros(label.shape[:1], jnp.int32)
         return model.init(key, label, t, batch["image"])["params"]
 
+    def recycled_x_t(params, batch, x0, t, noise, key):
+        """x_t from the model's own x0 estimate for a `recycling_prob` share of the examples; the targets
+        stay the reference: the noise target becomes the noise that leads from the reference to that x_t."""
+        source_key, pick_key = jax.random.split(key)
+        if d.recycling == "xT":
+            t_source = jnp.full_like(t, d.num_steps - 1)
+            x_source = jax.random.normal(source_key, x0.shape)
+        else:
+            t_source = t
+            x_source = process.q_sample(schedule, x0, t, jax.random.normal(source_key, x0.shape))
+        raw_source = apply({"params": params}, x_source, t_source, batch["image"], train=False)
+        estimate, _ = process.split_prediction(
+            schedule, d.parameterization, x_source, t_source, link(raw_source)
+        )
+        estimate = jax.lax.stop_gradient(jnp.clip(estimate, -1.0, 1.0))
+        recycle = jax.random.bernoulli(pick_key, d.recycling_prob, t.shape)[:, None, None, None]
+        x_t = process.q_sample(schedule, jnp.where(recycle, estimate, x0), t, noise)
+        return x_t, process.eps_from_x0(schedule, x_t, t, x0)
+
     def loss(params, batch, key):
         t_key, noise_key, dropout_key = jax.random.split(key, 3)
         x0 = batch["label"] * 2.0 - 1.0
         t = process.sample_timesteps(t_key, x0.shape[0], d.num_steps, d.timestep_power)
         noise = jax.random.normal(noise_key, x0.shape)
         x_t = process.q_sample(schedule, x0, t, noise)
+        if d.get("recycling", ""):
+            x_t, noise = recycled_x_t(params, batch, x0, t, noise, jax.random.fold_in(key, 1))
         raw, state = apply(
             {"params": params},
             x_t,

@@ -1,0 +1,47 @@
+"""Training strategies of the conditional-diffusion segmenters: recycling (Fu et al., MELBA 2023)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import btsegdiff
+from diffseg_jax.methods.registry import build_method
+
+
+def _loss(recycling: str, prob: float = 0.5, grads: bool = False):
+    config = btsegdiff.get_config("smoke")
+    config.data.image_size = 16
+    config.diffusion.recycling, config.diffusion.recycling_prob = recycling, prob
+    method = build_method(config)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(2, 16, 16, 4)), jnp.float32),
+        "label": jnp.asarray(rng.random((2, 16, 16, 3)) > 0.8, jnp.float32),
+    }
+    params = method.init(jax.random.PRNGKey(0), batch)
+    key = jax.random.PRNGKey(1)
+    if not grads:
+        return float(method.loss(params, batch, key)[0]), None
+    (value, _), grad = jax.value_and_grad(method.loss, has_aux=True)(params, batch, key)
+    return float(value), grad
+
+
+def test_recycling_builds_x_t_from_the_models_estimate_and_off_is_unchanged():
+    off, _ = _loss("")
+    never, _ = _loss("xt", prob=0.0)  # recycling nothing: the reference's x_t and noise, up to rounding
+    assert never == pytest.approx(off, rel=1e-4)
+    recycled_from_noise, _ = _loss("xT", prob=1.0)
+    recycled, grads = _loss("xt", prob=1.0, grads=True)
+    for value in (recycled_from_noise, recycled):  # trained on another x_t
+        assert np.isfinite(value) and value != pytest.approx(off, rel=1e-3)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_an_unknown_recycling_mode_is_refused():
+    config = btsegdiff.get_config("smoke")
+    config.diffusion.recycling = "x0"
+    with pytest.raises(ValueError, match="diffusion.recycling"):
+        build_method(config)
