@@ -29,6 +29,8 @@ PUBLIC_CODE_EVALUATIONS = 1000 * 5  # MedSegDiff's public sampler: 1000 DDPM ste
 def _config(args, **sampling):
     config = importlib.import_module(f"configs.{args.method}").get_config(args.preset)
     config.sampling.num_samples = args.samples
+    if args.phantom_version:
+        config.data.phantom_version = args.phantom_version
     for key, value in sampling.items():
         config.sampling[key] = value
     return config
@@ -76,7 +78,8 @@ def slice_level(args, samplers: list[tuple[str, int]]) -> list[dict]:
     for sampler, k in samplers:
         config = _config(args, method=sampler, num_steps=k)
         method = build_method(config)
-        params, _ = restore_params(config, pathlib.Path(args.workdir), method, mesh)
+        example = sources.example_slices(config)
+        params, _ = restore_params(config, pathlib.Path(args.workdir), method, mesh, example)
         predict_fn = inference.make_predict_fn(method, mesh)
         tic = time.perf_counter()
         out = inference.predict_slices(
@@ -139,6 +142,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3)
     parser.add_argument("--cases", type=int, default=0, help="test cases (0 = the whole split)")
     parser.add_argument("--ddpm_slices", type=int, default=16, help="0 skips the DDPM comparison")
+    parser.add_argument("--phantom_version", type=int, default=0, help="the model's phantom (0 = default)")
     args = parser.parse_args()
 
     runtime.configure()
