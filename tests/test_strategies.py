@@ -24,8 +24,8 @@ def _loss(recycling: str, prob: float = 0.5, grads: bool = False):
     params = method.init(jax.random.PRNGKey(0), batch)
     key = jax.random.PRNGKey(1)
     if not grads:
-        return float(method.loss(params, batch, key)[0]), None
-    (value, _), grad = jax.value_and_grad(method.loss, has_aux=True)(params, batch, key)
+        return float(jax.jit(method.loss)(params, batch, key)[0]), None
+    (value, _), grad = jax.jit(jax.value_and_grad(method.loss, has_aux=True))(params, batch, key)
     return float(value), grad
 
 
