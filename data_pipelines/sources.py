@@ -20,13 +20,18 @@ def dataset_root(config: ml_collections.ConfigDict, progress: bool = True) -> pa
     """`data.root` if given, else the phantom dataset (written to the cache on first use)."""
     if config.data.root:
         return pathlib.Path(config.data.root).expanduser()
+    version = config.data.get("phantom_version", phantom.PHANTOM_VERSION)
+    if version not in phantom.VERSIONS:
+        raise ConfigError(
+            f"data.phantom_version={version}: known versions {', '.join(map(str, phantom.VERSIONS))}"
+        )
     return phantom.ensure_dataset(
         cache_dir(config),
         num_cases=config.data.phantom_cases,
         seed=config.data.phantom_seed,
         spacing_mm=config.data.phantom_spacing_mm,
         progress=progress,
-        version=config.data.get("phantom_version", phantom.PHANTOM_VERSION),
+        version=version,
     )
 
 

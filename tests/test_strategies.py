@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import btsegdiff
+from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.methods.registry import build_method
 
 
@@ -43,5 +44,14 @@ def test_recycling_builds_x_t_from_the_models_estimate_and_off_is_unchanged():
 def test_an_unknown_recycling_mode_is_refused():
     config = btsegdiff.get_config("smoke")
     config.diffusion.recycling = "x0"
-    with pytest.raises(ValueError, match="diffusion.recycling"):
+    with pytest.raises(ConfigError, match="diffusion.recycling"):  # one line from the CLI
         build_method(config)
+
+
+def test_an_unknown_phantom_version_is_one_config_error():
+    from data_pipelines import sources
+
+    config = btsegdiff.get_config("smoke")
+    config.data.phantom_version = 7
+    with pytest.raises(ConfigError, match="data.phantom_version=7"):
+        sources.dataset_root(config, progress=False)

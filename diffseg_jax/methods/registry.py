@@ -34,4 +34,9 @@ def build_method(config: ml_collections.ConfigDict) -> Method:
     name = config.method
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
-    return importlib.import_module(_METHODS[name]).build(config)
+    try:
+        return importlib.import_module(_METHODS[name]).build(config)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a config value the method refuses (e.g. sampling.fusion): one line
+        raise ConfigError(str(err)) from None
