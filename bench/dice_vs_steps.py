@@ -83,7 +83,13 @@ def slice_level(args, samplers: list[tuple[str, int]]) -> list[dict]:
         predict_fn = inference.make_predict_fn(method, mesh)
         tic = time.perf_counter()
         out = inference.predict_slices(
-            predict_fn, params, images, jax.random.PRNGKey(7), mesh, config.eval.batch_size, progress=True
+            predict_fn,
+            params,
+            images,
+            jax.random.PRNGKey(7),
+            mesh,
+            progress=True,
+            **inference.eval_batching(config),
         )
         seconds = time.perf_counter() - tic
         pred = out["prob"] > 0.5

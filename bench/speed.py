@@ -171,11 +171,12 @@ def worker_sampling(args) -> dict:
     memory = compiled.memory_analysis()
     jax.block_until_ready(predict_fn(params, first, key))
     tic = time.perf_counter()
-    inference.predict_slices(predict_fn, params, images, key, mesh, batch_size)
+    inference.predict_slices(predict_fn, params, images, key, mesh, **inference.eval_batching(config))
     seconds = time.perf_counter() - tic
     per_slice = seconds / args.slices
     steps = 1000 if args.sampler == "ddpm" else args.num_steps
-    batch_seconds = per_slice * batch_size  # one call of the compiled program samples one slice batch
+    # one call of the compiled program samples one slice batch (concurrent calls: the throughput's share)
+    batch_seconds = per_slice * batch_size
     return {
         "sampler": args.sampler,
         "num_steps": steps,

@@ -31,9 +31,16 @@ def normalize(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """
     images = np.asarray(images, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
-    out = np.zeros(images.shape, dtype=np.float32)
     if not mask.any():
-        return out
+        return np.zeros(images.shape, dtype=np.float32)
+    values = images[mask]  # [brain voxels, K]: one gather for every modality
+    mean = values.mean(axis=0, dtype=np.float64)
+    std = np.maximum(values.std(axis=0, dtype=np.float64), _STD_FLOOR)
+    out = images - mean.astype(np.float32)  # a missing modality: all zeros in the brain, mean 0 -> stays 0
+    out /= std.astype(np.float32)
+    np.clip(out, -_CLIP, _CLIP, out=out)
+    np.copyto(out, 0.0, where=~mask[..., None])
+    return out
     for k in range(images.shape[-1]):
         channel = images[..., k]
         values = channel[mask].astype(np.float64)

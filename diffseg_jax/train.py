@@ -180,8 +180,8 @@ def _train(
     def validate(state, step):
         def predict(images):
             key = jax.random.PRNGKey(config.seed + 7)
-            bs = config.eval.batch_size
-            return inference.predict_slices(predict_fn, state.ema_params, images, key, mesh, bs)
+            batching = inference.eval_batching(config)
+            return inference.predict_slices(predict_fn, state.ema_params, images, key, mesh, **batching)
 
         scalars = task.validation_scores(predict, data.val, config)
         writer.write_scalars(step, scalars)

@@ -77,9 +77,32 @@ def test_flip_augmentation_averages_flipped_back_predictions_and_its_entropy_is_
         )
         return {"prob": prob, "uncertainty": jnp.zeros_like(prob)}
 
-    out = predict_with_flips(equivariant, None, images, jax.random.PRNGKey(0), mesh, 4)
+    out = predict_with_flips(equivariant, None, images, jax.random.PRNGKey(0), mesh, {"batch_size": 4})
     np.testing.assert_array_equal(out["prob"], (images[..., :1] > 0).astype(np.float32))
     assert np.abs(out["uncertainty"]).max() < 1e-4  # certain: every flip agrees
-    out = predict_with_flips(left_half, None, images, jax.random.PRNGKey(0), mesh, 4)
+    out = predict_with_flips(left_half, None, images, jax.random.PRNGKey(0), mesh, {"batch_size": 4})
     np.testing.assert_allclose(out["prob"], 0.5)  # two flips say left, two say right
     np.testing.assert_allclose(out["uncertainty"], 1.0, atol=1e-5)  # one bit: as uncertain as can be
+
+
+def test_concurrent_slice_batches_give_the_sequential_result_in_order():
+    from diffseg_jax import inference, parallel
+
+    mesh = parallel.make_mesh()
+    images = np.random.default_rng(0).normal(size=(11, 4, 4, 2)).astype(np.float32)
+
+    @jax.jit
+    def noisy(params, batch, key):  # depends on the slice and on the batch's own key
+        return {"prob": batch[..., :1] + jax.random.normal(key, batch.shape[:3] + (1,))}
+
+    key = jax.random.PRNGKey(3)
+    one = inference.predict_slices(noisy, None, images, key, mesh, batch_size=4)
+    three = inference.predict_slices(noisy, None, images, key, mesh, batch_size=4, concurrent=3)
+    assert one["prob"].shape == (11, 4, 4, 1)
+    np.testing.assert_array_equal(one["prob"], three["prob"])
+    for i in range(3):  # batch i got key fold_in(key, i): the padded last batch is dropped
+        part = images[4 * i : 4 * i + 4]
+        noise = jax.random.normal(jax.random.fold_in(key, i), (4, 4, 4, 1))[: len(part)]
+        np.testing.assert_allclose(one["prob"][4 * i : 4 * i + 4], part[..., :1] + noise, atol=1e-6)
+    with pytest.raises(ValueError, match="concurrent_batches=0"):
+        inference.predict_slices(noisy, None, images, key, mesh, batch_size=4, concurrent=0)

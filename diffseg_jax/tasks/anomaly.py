@@ -152,7 +152,9 @@ def evaluate(
         tumour, healthy = tumour[: config.eval.max_cases], healthy[: config.eval.max_cases]
 
     def predict(images: np.ndarray) -> np.ndarray:
-        out = inference.predict_slices(predict_fn, params, images, key, mesh, config.eval.batch_size)
+        out = inference.predict_slices(
+            predict_fn, params, images, key, mesh, **inference.eval_batching(config)
+        )
         return out["reconstruction"]
 
     store = case_records.CaseRecords(out_dir, config, step)

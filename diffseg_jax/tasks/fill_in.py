@@ -57,7 +57,9 @@ def make_fill_in(config: ml_collections.ConfigDict, mesh) -> FillIn | None:
     predict_fn = inference.make_predict_fn(method, mesh)
 
     def fill(images: np.ndarray, key: jax.Array) -> np.ndarray:
-        out = inference.predict_slices(predict_fn, params, images, key, mesh, config.eval.batch_size)
+        out = inference.predict_slices(
+            predict_fn, params, images, key, mesh, **inference.eval_batching(config)
+        )
         return out["synthesis"]
 
     return fill

@@ -57,7 +57,7 @@ def predict_with_flips(
     inputs: np.ndarray,
     key: jax.Array,
     mesh,
-    batch_size: int,
+    batching: dict[str, int],
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Test-time augmentation: the probability averaged over the slices and their flips (each flipped
@@ -71,8 +71,8 @@ def predict_with_flips(
             np.ascontiguousarray(flipped),
             jax.random.fold_in(key, k),
             mesh,
-            batch_size,
-            progress,
+            progress=progress,
+            **batching,
         )
         probs.append(np.flip(out["prob"], axes) if axes else out["prob"])
     prob = np.mean(probs, axis=0)
@@ -99,15 +99,15 @@ def segment_volume(
         inputs = inputs * modalities.availability_vector(modalities.parse_available(config.eval.available))
     if fill_in is not None:
         inputs = fill_in(inputs, jax.random.fold_in(key, 1))
+    batching = inference.eval_batching(config)
     if config.eval.get("tta", ""):
-        out = predict_with_flips(predict_fn, params, inputs, key, mesh, config.eval.batch_size, progress)
+        out = predict_with_flips(predict_fn, params, inputs, key, mesh, batching, progress)
     else:
-        out = inference.predict_slices(
-            predict_fn, params, inputs, key, mesh, config.eval.batch_size, progress
-        )
-    return {
-        name: slices.from_slices(out[name], geom, z) * mask[..., None] for name in ("prob", "uncertainty")
-    }
+        out = inference.predict_slices(predict_fn, params, inputs, key, mesh, progress=progress, **batching)
+    channels = out["prob"].shape[-1]  # both maps back to the case's grid in one pass
+    both = slices.from_slices(np.concatenate([out["prob"], out["uncertainty"]], axis=-1), geom, z)
+    both *= mask[..., None]
+    return {"prob": both[..., :channels], "uncertainty": both[..., channels:]}
 
 
 def prediction_to_labels(prob: np.ndarray, convention: str, target: str) -> np.ndarray:
@@ -171,16 +171,18 @@ def evaluate(
     except ValueError as err:
         raise brats.DataError(str(err)) from None
     method = build_method(config)
-    params, step = restore_params(config, workdir, method, mesh, sources.example_slices(config))
+    example = sources.example_slices(config)
+    params, step = restore_params(config, workdir, method, mesh, example)
     cases = sources.evaluation_cases(config, progress)
     predict_fn = inference.make_predict_fn(method, mesh)
+    compile_seconds = inference.warm_up(predict_fn, params, example["image"], mesh, config.eval.batch_size)
 
     def segment(volume: brats.CaseVolume, sub_config: ml_collections.ConfigDict, key: jax.Array):
         return segment_volume(predict_fn, params, volume, sub_config, key, mesh, fill_in=fill_in)
 
     if each:
         return evaluate_subsets(config, cases, segment, step, out_dir, progress)
-    return _evaluate_cases(config, cases, segment, step, out_dir, progress)
+    return _evaluate_cases(config, cases, segment, step, out_dir, progress, compile_seconds)
 
 
 def _evaluate_cases(
@@ -190,8 +192,12 @@ def _evaluate_cases(
     step: int,
     out_dir: pathlib.Path,
     progress: bool,
+    compile_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Segments and scores every case with `config.eval` as it is; writes metrics, CSV, NIfTI, PNGs.
+
+    A case's seconds run from its loaded volume to its labels (slicing, sampling, back to the grid); the
+    sampler was compiled before the first case (`compile_seconds` in the summary).
 
     Each finished case is recorded in <out>/cases/<case>.json (with a fingerprint of the checkpoint and the
     settings), so an evaluation stopped by SIGTERM/SIGINT (after the case it is on: `stop_signal.Stopped`) or
@@ -215,6 +221,7 @@ def _evaluate_cases(
         "fill_in": config.eval.get("fill_in_workdir") or None,
         "num_cases": len(cases),
         "seconds_per_case": float(np.mean(seconds)) if seconds else None,
+        "compile_seconds": round(compile_seconds, 2) if compile_seconds is not None else None,
         "regions": {r: metrics.summarize(v) for r, v in per_region.items() if v},
     }
     calibration = pooled_calibration(records)

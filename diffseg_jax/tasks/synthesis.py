@@ -195,7 +195,9 @@ def _synthesise_case(case, index, predict_fn, params, key, mesh, out_dir, config
         vec = availability_vector(available)
         given = inputs * vec
         pattern_key = jax.random.fold_in(key, index * len(PATTERNS) + p)
-        out = inference.predict_slices(predict_fn, params, given, pattern_key, mesh, config.eval.batch_size)
+        out = inference.predict_slices(
+            predict_fn, params, given, pattern_key, mesh, **inference.eval_batching(config)
+        )
         synth = to_volume(out["synthesis"])
         mean = to_volume(mean_of_available(given, vec))[..., 0]
         for k, seq in enumerate(MODALITIES):
