@@ -9,7 +9,7 @@ or any other shape). ``from_slices`` inverts this to paste predictions back into
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,16 +40,6 @@ def normalize(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     out /= std.astype(np.float32)
     np.clip(out, -_CLIP, _CLIP, out=out)
     np.copyto(out, 0.0, where=~mask[..., None])
-    return out
-    for k in range(images.shape[-1]):
-        channel = images[..., k]
-        values = channel[mask].astype(np.float64)
-        if not np.any(values):
-            continue
-        mean = values.mean()
-        std = max(float(values.std()), _STD_FLOOR)
-        normed = np.clip((channel - mean) / std, -_CLIP, _CLIP)
-        out[..., k] = np.where(mask, normed, 0.0)
     return out
 
 
@@ -153,6 +143,24 @@ def to_slices(
     if is_label:
         out = (out >= 0.5).astype(np.float32)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def normalized_slices(
+    images: np.ndarray, mask: np.ndarray, geom: SliceGeometry, z: np.ndarray | Sequence[int]
+) -> np.ndarray:
+    """``to_slices(normalize(images, mask), geom, z)``, normalising only the voxels it reads.
+
+    With ``geom`` from ``slice_geometry(mask)`` and ``z`` every slice that holds brain, the crop holds every
+    brain voxel, so the statistics, and the slices, are the same as from the whole volume.
+    """
+    z = np.asarray(z, dtype=np.int64).reshape(-1)
+    box = (slice(geom.x0, geom.x1), slice(geom.y0, geom.y1), z)
+    crop_mask = np.asarray(mask, dtype=bool)[box]
+    if crop_mask.sum() != np.count_nonzero(mask):
+        raise ValueError("the crop box and slices z must hold every brain voxel")
+    width, height = geom.x1 - geom.x0, geom.y1 - geom.y0
+    local = replace(geom, x0=0, x1=width, y0=0, y1=height, volume_shape=crop_mask.shape)
+    return to_slices(normalize(np.asarray(images)[box], crop_mask), local, np.arange(z.size))
 
 
 def from_slices(

@@ -177,3 +177,16 @@ def test_slice_range_none_from_the_command_line_means_unset():
     config.data.slice_range = (1, 2, 3)
     with pytest.raises(ValueError, match="slice_range"):
         slice_range(config)
+
+
+def test_normalized_slices_equal_slicing_the_normalised_volume():
+    rng = np.random.default_rng(1)
+    mask = np.zeros((20, 18, 9), bool)
+    mask[4:15, 3:12, 2:7] = rng.random((11, 9, 5)) > 0.2
+    images = rng.normal(50.0, 10.0, (20, 18, 9, 4)).astype(np.float32)  # non-zero background too
+    geom = sl.slice_geometry(mask, image_size=8)
+    z = np.flatnonzero(mask.any(axis=(0, 1)))
+    expected = sl.to_slices(sl.normalize(images, mask), geom, z)
+    np.testing.assert_allclose(sl.normalized_slices(images, mask, geom, z), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="every brain voxel"):
+        sl.normalized_slices(images, mask, geom, z[1:])

@@ -38,14 +38,13 @@ REGIONS = ("wt", "tc", "et")
 Segmenter = Callable[[brats.CaseVolume, ml_collections.ConfigDict, jax.Array], dict[str, np.ndarray]]
 
 
-def case_slices(volume: brats.CaseVolume, image_size: int) -> tuple[np.ndarray, Any, np.ndarray, np.ndarray]:
-    """(the normalised volume [X, Y, Z, 4], the slice geometry, the brain's axial indices, their slices)."""
+def case_slices(volume: brats.CaseVolume, image_size: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(the slice geometry, the brain's axial indices, their normalised slices [N, S, S, 4])."""
     z = np.flatnonzero(volume.brain.any(axis=(0, 1)))
     if z.size == 0:
         raise brats.DataError(f"{volume.case_id}: no brain voxel (every sequence is background)")
-    normed = slices.normalize(np.asarray(volume.images, np.float32), volume.brain)
     geom = slices.slice_geometry(volume.brain, image_size)
-    return normed, geom, z, slices.to_slices(normed, geom, z)
+    return geom, z, slices.normalized_slices(volume.images, volume.brain, geom, z)
 
 
 FLIPS = ((), (1,), (2,), (1, 2))  # the slice as is, flipped left-right, front-back, both
@@ -93,7 +92,7 @@ def segment_volume(
 
     `fill_in`: the two-stage route; synthesises the zeroed sequences before segmenting.
     """
-    _, geom, z, inputs = case_slices(volume, config.data.image_size)
+    geom, z, inputs = case_slices(volume, config.data.image_size)
     mask = volume.brain
     if config.eval.get("available", ""):  # segment from a subset: the other sequences become zeros
         inputs = inputs * modalities.availability_vector(modalities.parse_available(config.eval.available))

@@ -177,7 +177,8 @@ def _synthesise_case(case, index, predict_fn, params, key, mesh, out_dir, config
         logging.warning("%s: skipped, not every sequence exists to score against", case.case_id)
         return {"skipped": True}
     brain = volume.brain
-    normed, geom, z, inputs = segmentation.case_slices(volume, config.data.image_size)
+    geom, z, inputs = segmentation.case_slices(volume, config.data.image_size)
+    normed = slices.normalize(volume.images, brain)
     box = ssim_box(brain)
 
     def to_volume(s: np.ndarray) -> np.ndarray:
