@@ -66,6 +66,10 @@ def add_diffusion(c: ml_collections.ConfigDict, preset: str) -> None:
     # of the reference at the same t. Each example recycles with probability recycling_prob. '' = off.
     d.recycling = ""
     d.recycling_prob = 0.5
+    # Self-conditioning (Chen et al. 2022, "Analog Bits"): the previous x0 estimate is an extra input of the
+    # network. Training: for half the batches it is the model's own estimate at the same x_t (no gradient
+    # through it), else zeros; sampling (every sampler): the estimate of the step before, zeros at the first.
+    d.self_condition = False
 
     c.loss = lo = ml_collections.ConfigDict()
     lo.noise_weight = 1.0

@@ -43,14 +43,16 @@ def stepwise_uncertainty_sample(
     num_steps: int | None = 10,
     eta: float = 0.0,
     threshold: float = 0.5,
+    self_condition: bool = False,
 ) -> dict[str, jnp.ndarray]:
     """Samples S chains at once (a leading vmap axis) and fuses them with the stepwise weights.
 
-    `denoise_fn(x_t, t)` takes one chain's batch `shape`; it is vmapped over the S chains, so condition
-    features closed over in it are shared. Returns prob, mask, uncertainty (weighted mean of U_t), all of
-    `shape`, and the chains' final estimates as probabilities (`chains`, [S, *shape]) for other fusions.
+    `denoise_fn(x_t, t)` (with `self_condition`: `(x_t, t, x0_prev)`) takes one chain's batch `shape`; it is
+    vmapped over the S chains, so condition features closed over in it are shared. Returns prob, mask,
+    uncertainty (weighted mean of U_t), all of `shape`, and the chains' final estimates as probabilities
+    (`chains`, [S, *shape]) for other fusions.
     """
-    batched_denoise = jax.vmap(denoise_fn, in_axes=(0, None))
+    batched_denoise = jax.vmap(denoise_fn, in_axes=(0, None, 0) if self_condition else (0, None))
     num_positions = len(samplers.visited_steps(schedule, method, num_steps))
 
     def accumulate(acc, x0, position):
@@ -74,6 +76,7 @@ def stepwise_uncertainty_sample(
         eta=eta,
         accumulate=accumulate,
         acc_init={"w": zeros, "wx": zeros, "wu": zeros},
+        self_condition=self_condition,
     )
     acc = result["acc"]
     prob = acc["wx"] / acc["w"]

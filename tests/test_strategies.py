@@ -55,3 +55,39 @@ def test_an_unknown_phantom_version_is_one_config_error():
     config.data.phantom_version = 7
     with pytest.raises(ConfigError, match="data.phantom_version=7"):
         sources.dataset_root(config, progress=False)
+
+
+def test_the_sampler_hands_each_step_the_estimate_of_the_step_before():
+    from diffseg_jax.diffusion import samplers
+    from diffseg_jax.diffusion.schedules import make_schedule
+
+    schedule = make_schedule("linear", 100)
+
+    def denoise(x_t, t, x0_prev):  # x0-prediction: one more tenth than the step before
+        return x0_prev + 0.1
+
+    out = samplers.sample(
+        denoise, schedule, "x0", (1, 2, 2, 1), jax.random.PRNGKey(0), num_steps=5,
+        return_trajectory=True, self_condition=True,
+    )  # fmt: skip
+    np.testing.assert_allclose(out["trajectory"][:, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4, 0.5], atol=1e-6)
+
+
+def test_self_conditioning_feeds_the_mask_pathway_the_estimate_and_trains_and_samples():
+    config = btsegdiff.get_config("smoke")
+    config.data.image_size = 16
+    config.diffusion.self_condition = True
+    method = build_method(config)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(2, 16, 16, 4)), jnp.float32),
+        "label": jnp.asarray(rng.random((2, 16, 16, 3)) > 0.8, jnp.float32),
+    }
+    params = method.init(jax.random.PRNGKey(0), batch)
+    assert params["noisy_in"]["kernel"].shape[2] == 6  # x_t and the previous estimate, 3 regions each
+    (value, _), grads = jax.jit(jax.value_and_grad(method.loss, has_aux=True))(
+        params, batch, jax.random.PRNGKey(0)
+    )
+    assert np.isfinite(float(value)) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    out = jax.jit(method.predict)(params, batch["image"], jax.random.PRNGKey(2))
+    assert out["prob"].shape == (2, 16, 16, 3) and np.isfinite(np.asarray(out["prob"])).all()

@@ -1,9 +1,11 @@
 """DDPM and DDIM samplers as one `lax.scan`, with an accumulator carried across steps.
 
 The network is a `denoise_fn(x_t, t) -> output` closure (t a scalar step) so the sampler knows nothing of
-conditioning. Per-step x0 estimates are handed to `accumulate(acc, x0_hat, position)`, position = 1..K
-counting the visited steps from the noisiest (1) to the last estimate (K); its state lives in the scan
-carry: memory stays constant in the number of steps. The stacked trajectory is only returned on request.
+conditioning; with `self_condition` it is `denoise_fn(x_t, t, x0_prev)`, x0_prev the estimate of the step
+before (zeros at the first: self-conditioning, Chen et al. 2022). Per-step x0 estimates are handed to
+`accumulate(acc, x0_hat, position)`, position = 1..K counting the visited steps from the noisiest (1) to
+the last estimate (K); its state lives in the scan carry: memory stays constant in the number of steps.
+The stacked trajectory is only returned on request.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def sample(
     accumulate: Accumulate | None = None,
     acc_init: Any = None,
     return_trajectory: bool = False,
+    self_condition: bool = False,
 ) -> dict[str, Any]:
     """Runs the reverse chain from pure noise.
 
@@ -100,6 +103,7 @@ def sample(
         accumulate,
         acc_init,
         return_trajectory,
+        self_condition,
     )
 
 
@@ -147,6 +151,7 @@ def _run_chain(
     accumulate=None,
     acc_init=None,
     return_trajectory=False,
+    self_condition=False,
 ) -> dict[str, Any]:
     """The scan over the descending `steps`, starting from x_init at steps[0]."""
     prev = np.concatenate([steps[1:], np.array([-1], np.int32)])
@@ -154,9 +159,9 @@ def _run_chain(
     shape = x_init.shape
 
     def body(carry, xs):
-        x_t, acc, _ = carry
+        x_t, acc, x0_prev = carry
         t, t_prev, position, step_key = xs
-        out = denoise_fn(x_t, t)
+        out = denoise_fn(x_t, t, x0_prev) if self_condition else denoise_fn(x_t, t)
         x0, eps = _x0_and_eps(schedule, parameterization, x_t, t, out, clip)
         if method == "ddpm":
             x_next = ddpm_step(schedule, x0, x_t, t, step_key)

@@ -49,7 +49,14 @@ def build_conditional_diffusion(
         raise ValueError(f"unknown diffusion.recycling {d.recycling!r}; expected '', 'xT' or 'xt'")
     schedule = make_schedule(d.schedule, d.num_steps)
     bounded = d.parameterization == "x0"
+    self_condition = bool(d.get("self_condition", False))
     apply = model_apply(model, config)
+
+    def mask_input(x_t: jnp.ndarray, x0_prev: jnp.ndarray | None = None) -> jnp.ndarray:
+        """The network's mask input: x_t, and with self-conditioning the previous x0 estimate (or zeros)."""
+        if not self_condition:
+            return x_t
+        return jnp.concatenate([x_t, jnp.zeros_like(x_t) if x0_prev is None else x0_prev], axis=-1)
 
     def link(raw: jnp.ndarray) -> jnp.ndarray:
         """x0-prediction goes through x0 = 2 sigmoid(raw) - 1, so `raw` are the mask's logits."""
@@ -58,7 +65,7 @@ def build_conditional_diffusion(
     def init(key, batch):
         label = batch["label"]
         t = jnp.zeros(label.shape[:1], jnp.int32)
-        return model.init(key, label, t, batch["image"])["params"]
+        return model.init(key, mask_input(label), t, batch["image"])["params"]
 
     def recycled_x_t(params, batch, x0, t, noise, key):
         """x_t from the model's own x0 estimate for a `recycling_prob` share of the examples; the targets
@@ -70,7 +77,7 @@ def build_conditional_diffusion(
         else:
             t_source = t
             x_source = process.q_sample(schedule, x0, t, jax.random.normal(source_key, x0.shape))
-        raw_source = apply({"params": params}, x_source, t_source, batch["image"], train=False)
+        raw_source = apply({"params": params}, mask_input(x_source), t_source, batch["image"], train=False)
         estimate, _ = process.split_prediction(
             schedule, d.parameterization, x_source, t_source, link(raw_source)
         )
@@ -78,6 +85,19 @@ def build_conditional_diffusion(
         recycle = jax.random.bernoulli(pick_key, d.recycling_prob, t.shape)[:, None, None, None]
         x_t = process.q_sample(schedule, jnp.where(recycle, estimate, x0), t, noise)
         return x_t, process.eps_from_x0(schedule, x_t, t, x0)
+
+    def own_estimate(params, batch, x_t, t, key):
+        """Self-conditioning's input for one batch: with probability 1/2 the model's x0 estimate from x_t
+        alone (no gradient through it; one coin per batch, so the extra forward pass runs half the time),
+        else zeros."""
+
+        def estimate(_):
+            raw = apply({"params": params}, mask_input(x_t), t, batch["image"], train=False)
+            x0_hat, _ = process.split_prediction(schedule, d.parameterization, x_t, t, link(raw))
+            return jax.lax.stop_gradient(jnp.clip(x0_hat, -1.0, 1.0))
+
+        use = jax.random.bernoulli(key, 0.5)
+        return jax.lax.cond(use, estimate, lambda _: jnp.zeros_like(x_t), None)
 
     def loss(params, batch, key):
         t_key, noise_key, dropout_key = jax.random.split(key, 3)
@@ -87,9 +107,10 @@ def build_conditional_diffusion(
         x_t = process.q_sample(schedule, x0, t, noise)
         if d.get("recycling", ""):
             x_t, noise = recycled_x_t(params, batch, x0, t, noise, jax.random.fold_in(key, 1))
+        x0_prev = own_estimate(params, batch, x_t, t, jax.random.fold_in(key, 2)) if self_condition else None
         raw, state = apply(
             {"params": params},
-            x_t,
+            mask_input(x_t, x0_prev),
             t,
             batch["image"],
             train=True,
@@ -129,9 +150,9 @@ def build_conditional_diffusion(
         cond = apply(variables, images, method=model.encode_condition)
         batch = images.shape[0]
 
-        def denoise(x_t, t):
+        def denoise(x_t, t, x0_prev=None):
             steps = jnp.full((batch,), t, jnp.int32)
-            return link(apply(variables, x_t, steps, cond, method=model.denoise))
+            return link(apply(variables, mask_input(x_t, x0_prev), steps, cond, method=model.denoise))
 
         shape = images.shape[:3] + (num_outputs(config.data.target),)
         out = uncertainty.stepwise_uncertainty_sample(
@@ -144,6 +165,7 @@ def build_conditional_diffusion(
             method=s.method,
             num_steps=s.num_steps,
             eta=s.eta,
+            self_condition=self_condition,
         )
         if s.fusion == "stepwise":
             return {"prob": out["prob"], "uncertainty": out["uncertainty"] * math.e}
