@@ -145,6 +145,13 @@ def to_slices(
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def _axial_index(z: np.ndarray) -> np.ndarray | slice:
+    """`z` as a slice when it is a run of consecutive indices (a view instead of a gather or scatter)."""
+    if z.size and np.array_equal(z, np.arange(z[0], z[0] + z.size)):
+        return slice(int(z[0]), int(z[0]) + z.size)
+    return z
+
+
 def normalized_slices(
     images: np.ndarray, mask: np.ndarray, geom: SliceGeometry, z: np.ndarray | Sequence[int]
 ) -> np.ndarray:
@@ -154,7 +161,7 @@ def normalized_slices(
     brain voxel, so the statistics, and the slices, are the same as from the whole volume.
     """
     z = np.asarray(z, dtype=np.int64).reshape(-1)
-    box = (slice(geom.x0, geom.x1), slice(geom.y0, geom.y1), z)
+    box = (slice(geom.x0, geom.x1), slice(geom.y0, geom.y1), _axial_index(z))
     crop_mask = np.asarray(mask, dtype=bool)[box]
     if crop_mask.sum() != np.count_nonzero(mask):
         raise ValueError("the crop box and slices z must hold every brain voxel")
@@ -180,9 +187,13 @@ def from_slices(
     back_y = _resize_matrix(s, geom.side)[geom.pad_y : geom.pad_y + geom.y1 - geom.y0]
     crop = np.einsum("ia,nabk->ibnk", back_x.astype(np.float32), slices, optimize=True)
     crop = np.einsum("jb,ibnk->ijnk", back_y.astype(np.float32), crop, optimize=True)
-    out = np.full((*geom.volume_shape, slices.shape[-1]), fill, dtype=np.float32)
-    out[:, :, z] = 0.0
-    out[geom.x0 : geom.x1, geom.y0 : geom.y1, z] = crop
+    shape = (*geom.volume_shape, slices.shape[-1])
+    if fill == 0.0:
+        out = np.zeros(shape, dtype=np.float32)  # zero pages are free until written
+    else:
+        out = np.full(shape, fill, dtype=np.float32)
+        out[:, :, z] = 0.0
+    out[geom.x0 : geom.x1, geom.y0 : geom.y1, _axial_index(z)] = crop
     return out
 
 

@@ -105,7 +105,8 @@ def segment_volume(
         out = inference.predict_slices(predict_fn, params, inputs, key, mesh, progress=progress, **batching)
     channels = out["prob"].shape[-1]  # both maps back to the case's grid in one pass
     both = slices.from_slices(np.concatenate([out["prob"], out["uncertainty"]], axis=-1), geom, z)
-    both *= mask[..., None]
+    box = (slice(geom.x0, geom.x1), slice(geom.y0, geom.y1))  # outside it everything is 0 already
+    both[box] *= mask[box][..., None]
     return {"prob": both[..., :channels], "uncertainty": both[..., channels:]}
 
 
