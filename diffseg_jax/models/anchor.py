@@ -22,9 +22,9 @@ def gaussian_kernel(size: int, mean: jnp.ndarray, sigma: jnp.ndarray) -> jnp.nda
 
 
 def depthwise_blur(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    """The same [k, k] kernel on every channel of [B, H, W, C], 'same' padding."""
+    """The same [k, k] kernel on every channel of [B, H, W, C], 'same' padding, in x's dtype."""
     c = x.shape[-1]
-    rhs = jnp.broadcast_to(kernel[:, :, None, None], kernel.shape + (1, c))
+    rhs = jnp.broadcast_to(kernel[:, :, None, None].astype(x.dtype), kernel.shape + (1, c))
     return jax.lax.conv_general_dilated(
         x, rhs, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c
     )
