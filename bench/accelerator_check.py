@@ -16,7 +16,7 @@ Batches are per device (data parallelism replicates the state). The largest batc
 keeps (`saved_residual_gib`), read off the jaxpr before any compiler fuses or schedules.
 Figures compiled for a CPU estimate a GPU/TPU's, whose compilers fuse and schedule differently: run the same
 mode on the accelerator for its own. On XLA:CPU remat does not lower the peak (the same bytes, measured),
-where the saved residuals shrink 4x: they show what remat saves where the compiler keeps the recomputation
+where the saved residuals shrink 4-5x: they show what remat saves where the compiler keeps the recomputation
 in the backward pass. JAX on a GPU preallocates 75% of the memory (XLA_PYTHON_CLIENT_MEM_FRACTION=.95
 raises it): compare the peaks with that share.
 On 2 CPU cores one 256-px compile takes 30-50 s, so the full grid (5 methods x 6 batches x 2 x 2, 120
@@ -65,21 +65,21 @@ DEVICE_GIB = (16, 40, 80)
 ALL_BATCHES = (1, 2, 4, 8, 16, 32)
 HEADROOM = 0.10  # of the device's memory kept free (allocator fragmentation, the runtime's own buffers)
 GIB = 2**30
-# (pattern on device.device_kind, bfloat16 TFLOP/s, float32 TFLOP/s): vendor dense peaks, no sparsity.
+# (device, pattern on device.device_kind, bfloat16 TFLOP/s, float32 TFLOP/s): vendor dense peaks.
 # V100 and T4 have no bfloat16 tensor cores: their first figure is the float16 one. On A100/H100/L4, XLA's
 # default precision computes float32 convolutions in TF32, so a float32 utilisation can pass 1. TPUs compute
 # float32 matmuls in bfloat16 passes at default precision: one figure for both.
-PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
-    (r"H100.*PCIe", 756.0, 51.0),
-    (r"H100", 989.0, 67.0),
-    (r"A100", 312.0, 19.5),
-    (r"V100", 125.0, 15.7),
-    (r"\bT4\b", 65.0, 8.1),
-    (r"\bL4\b", 121.0, 30.3),
-    (r"TPU v4", 275.0, 275.0),
-    (r"TPU v5 ?lite|TPU v5e", 197.0, 197.0),
-    (r"TPU v5p?$", 459.0, 459.0),
-    (r"TPU v6 ?lite|TPU v6e", 918.0, 918.0),
+PEAK_TFLOPS: tuple[tuple[str, str, float, float], ...] = (
+    ("H100 PCIe", r"H100.*PCIe", 756.0, 51.0),
+    ("H100 SXM", r"H100", 989.0, 67.0),
+    ("A100", r"A100", 312.0, 19.5),
+    ("V100", r"V100", 125.0, 15.7),
+    ("T4", r"\bT4\b", 65.0, 8.1),
+    ("L4", r"\bL4\b", 121.0, 30.3),
+    ("TPU v4", r"TPU v4", 275.0, 275.0),
+    ("TPU v5e", r"TPU v5 ?lite|TPU v5e", 197.0, 197.0),
+    ("TPU v5p", r"TPU v5p?$", 459.0, 459.0),
+    ("TPU v6e", r"TPU v6 ?lite|TPU v6e", 918.0, 918.0),
 )
 
 
@@ -125,9 +125,9 @@ def device_peak_tflops(kind: str, dtype_name: str, override: float | None) -> tu
     if override:
         return override, "--peak_tflops"
     low_precision = dtype_name in ("bfloat16", "float16")
-    for pattern, bf16, fp32 in PEAK_TFLOPS:
+    for device, pattern, bf16, fp32 in PEAK_TFLOPS:
         if re.search(pattern, kind):
-            return (bf16 if low_precision else fp32), f"vendor dense peak of {pattern!r}"
+            return (bf16 if low_precision else fp32), f"vendor dense peak, {device}"
     if kind.lower() == "cpu":
         return speed.machine_peak()["peak_gflops_2_fma_units"] / 1e3, "speed.machine_peak, 2 FMA units"
     return None, f"unknown device kind {kind!r}: give --peak_tflops"
@@ -477,6 +477,7 @@ def run_table(records: list[dict]) -> str:
         "batch",
         "dtype",
         "images/s",
+        "s/call",
         "compile s",
         "peak GiB",
         "memory from",
@@ -496,6 +497,7 @@ def run_table(records: list[dict]) -> str:
             r["batch"],
             r["dtype"],
             r["images_per_second"],
+            r.get("step_seconds", r.get("call_seconds")),
             r["compile_seconds"],
             r["peak_gib"],
             r["memory_source"].split(".")[-1],
