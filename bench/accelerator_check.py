@@ -260,22 +260,9 @@ def worker_train(args) -> Iterator[dict]:
     import jax
     import numpy as np
 
-    from diffseg_jax import parallel, train
-    from diffseg_jax.methods.registry import build_method
-    from diffseg_jax.train_state import create_train_state
-
     config = speed._config(args.method, args.preset, _overrides(args.remat, args.dtype, args.batch))
     batch_size = config.train.batch_size
-    method = build_method(config)
-    mesh = parallel.make_mesh()
-    arrays = speed._random_batch(config, batch_size)
-    state = create_train_state(config, method, {k: v[:1] for k, v in arrays.items()})
-    state = jax.device_put(state, parallel.replicated(mesh))
-    step_fn = train.make_train_step(method, config, mesh)
-    batch = parallel.global_batch(mesh, arrays)
-    tic = time.perf_counter()
-    compiled = step_fn.lower(state, batch).compile()
-    compile_seconds = time.perf_counter() - tic
+    compiled, state, batch, compile_seconds = speed.compiled_train_step(config)
     times = []
     for _ in range(1 + args.steps):  # the first call is a warm-up
         tic = time.perf_counter()

@@ -101,16 +101,14 @@ def _random_batch(config, batch_size: int):
     }
 
 
-def worker_train(args) -> dict:
-    """Compile seconds, median step seconds, images/s and memory of one method's train step."""
+def compiled_train_step(config):
+    """(the compiled train step, a fresh train state, a random global batch, compile seconds) for `config`."""
     import jax
-    import numpy as np
 
     from diffseg_jax import parallel, train
     from diffseg_jax.methods.registry import build_method
     from diffseg_jax.train_state import create_train_state
 
-    config = _config(args.method, args.preset)
     method = build_method(config)
     batch = _random_batch(config, config.train.batch_size)
     mesh = parallel.make_mesh()
@@ -120,13 +118,21 @@ def worker_train(args) -> dict:
     global_batch = parallel.global_batch(mesh, batch)
     tic = time.perf_counter()
     compiled = step_fn.lower(state, global_batch).compile()
-    compile_seconds = time.perf_counter() - tic
+    return compiled, state, global_batch, time.perf_counter() - tic
+
+
+def worker_train(args) -> dict:
+    """Compile seconds, median step seconds, images/s and memory of one method's train step."""
+    import jax
+    import numpy as np
+
+    config = _config(args.method, args.preset)
+    compiled, state, global_batch, compile_seconds = compiled_train_step(config)
     memory = compiled.memory_analysis()
     times = []
     for _ in range(args.steps):
-        global_batch = parallel.global_batch(mesh, batch)
         tic = time.perf_counter()
-        state, metrics = step_fn(state, global_batch)
+        state, metrics = compiled(state, global_batch)
         float(metrics["loss"])
         times.append(time.perf_counter() - tic)
     steady = times[1:] or times

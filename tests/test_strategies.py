@@ -12,16 +12,25 @@ from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.methods.registry import build_method
 
 
-def _loss(recycling: str, prob: float = 0.5, grads: bool = False):
+def _smoke_16px(**diffusion):
+    """BTSegDiff's smoke preset at 16 px with the given `diffusion` fields."""
     config = btsegdiff.get_config("smoke")
     config.data.image_size = 16
-    config.diffusion.recycling, config.diffusion.recycling_prob = recycling, prob
-    method = build_method(config)
+    config.diffusion.update(diffusion)
+    return config
+
+
+def _batch() -> dict[str, jnp.ndarray]:
     rng = np.random.default_rng(0)
-    batch = {
+    return {
         "image": jnp.asarray(rng.normal(size=(2, 16, 16, 4)), jnp.float32),
         "label": jnp.asarray(rng.random((2, 16, 16, 3)) > 0.8, jnp.float32),
     }
+
+
+def _loss(recycling: str, prob: float = 0.5, grads: bool = False):
+    method = build_method(_smoke_16px(recycling=recycling, recycling_prob=prob))
+    batch = _batch()
     params = method.init(jax.random.PRNGKey(0), batch)
     key = jax.random.PRNGKey(1)
     if not grads:
@@ -74,15 +83,8 @@ def test_the_sampler_hands_each_step_the_estimate_of_the_step_before():
 
 
 def test_self_conditioning_feeds_the_mask_pathway_the_estimate_and_trains_and_samples():
-    config = btsegdiff.get_config("smoke")
-    config.data.image_size = 16
-    config.diffusion.self_condition = True
-    method = build_method(config)
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": jnp.asarray(rng.normal(size=(2, 16, 16, 4)), jnp.float32),
-        "label": jnp.asarray(rng.random((2, 16, 16, 3)) > 0.8, jnp.float32),
-    }
+    method = build_method(_smoke_16px(self_condition=True))
+    batch = _batch()
     params = method.init(jax.random.PRNGKey(0), batch)
     assert params["noisy_in"]["kernel"].shape[2] == 6  # x_t and the previous estimate, 3 regions each
     assert np.isfinite(float(jax.jit(method.loss)(params, batch, jax.random.PRNGKey(0))[0]))
