@@ -144,6 +144,7 @@ class TorchNet:
     def __init__(self, config, batch: dict, flax_params, setup: str, threads: int):
         import numpy as np
         import torch
+        import torch_twin_training
         import torch_twins
 
         options = parse_setup(setup)
@@ -160,9 +161,9 @@ class TorchNet:
             )
 
         self.batch = {k: nchw(v) for k, v in batch.items()}
-        loss = torch_twins.build_loss(config, twin)
+        loss = torch_twin_training.build_loss(config, twin)
         compile_ = torch.compile if options.compile else (lambda fn: fn)
-        self.trainer = torch_twins.TorchTrainer(twin, compile_(loss), config, fused=options.fused)
+        self.trainer = torch_twin_training.TorchTrainer(twin, compile_(loss), config, fused=options.fused)
         self.twin = twin
         if config.method == "btsegdiff":
             generator = torch.Generator().manual_seed(1)

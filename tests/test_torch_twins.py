@@ -20,6 +20,7 @@ from diffseg_jax.diffusion import process  # noqa: E402
 from diffseg_jax.methods.registry import build_method  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+import torch_twin_training  # noqa: E402
 import torch_twins  # noqa: E402
 
 METHODS = ("unet_baseline", "btsegdiff")
@@ -128,7 +129,7 @@ def test_loss_and_gradients_match_flax(method):
     (loss, _), grads = jax.value_and_grad(build_method(config).loss, has_aux=True)(params, jax_batch, key)
 
     twin = _twin(config, params)
-    loss_fn = torch_twins.build_loss(config, twin)
+    loss_fn = torch_twin_training.build_loss(config, twin)
     torch_batch = {k: _nchw(v) for k, v in batch.items()}
     if method == "btsegdiff":  # the draws conditional_diffusion.loss makes from its key
         t_key, noise_key, _ = jax.random.split(key, 3)
@@ -162,7 +163,7 @@ def test_trainer_steps_match_the_jax_train_step():
     batch = _batch(config, batch_size=4)
     state = create_train_state(config, method, {k: v[:1] for k, v in batch.items()})
     twin = _twin(config, state.params)
-    trainer = torch_twins.TorchTrainer(twin, torch_twins.build_loss(config, twin), config)
+    trainer = torch_twin_training.TorchTrainer(twin, torch_twin_training.build_loss(config, twin), config)
     step = jax.jit(functools.partial(train.train_step, method=method, ema_max_decay=config.train.ema_decay))
     torch_batch = {k: _nchw(v) for k, v in batch.items()}
     for _ in range(2):
@@ -183,4 +184,5 @@ def test_learning_rate_matches_the_optax_schedule():
         config = _config("btsegdiff", preset)
         schedule = learning_rate_schedule(config)
         for step in (0, 1, 10, 49, 50, 51, 800, config.train.steps - 1, config.train.steps + 5):
-            assert torch_twins.learning_rate(config, step) == pytest.approx(float(schedule(step)), rel=1e-5)
+            expected = pytest.approx(float(schedule(step)), rel=1e-5)
+            assert torch_twin_training.learning_rate(config, step) == expected
