@@ -66,6 +66,13 @@ def add_diffusion(c: ml_collections.ConfigDict, preset: str) -> None:
     # of the reference at the same t. Each example recycles with probability recycling_prob. '' = off.
     d.recycling = ""
     d.recycling_prob = 0.5
+    d.recycling_ramp_steps = 0  # > 0: the probability rises linearly from 0 to recycling_prob over them
+    # Importance sampling of t (Nichol & Dhariwal 2021): t drawn per bin of T / importance_bins steps with
+    # probability ~ the RMS of the bin's last importance_history losses, each loss weighted by 1 / (bins p);
+    # uniform until every bin's history is full. Replaces timestep_power (which must then be 1).
+    d.importance_sampling = False
+    d.importance_bins = 20
+    d.importance_history = 10
     # Self-conditioning (Chen et al. 2022, "Analog Bits"): the previous x0 estimate is an extra input of the
     # network. Training: for half the batches it is the model's own estimate at the same x_t (no gradient
     # through it), else zeros; sampling (every sampler): the estimate of the step before, zeros at the first.

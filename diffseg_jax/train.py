@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from data_pipelines import input_pipeline
 from diffseg_jax import inference, modalities, parallel, tasks, workdir_lock
 from diffseg_jax.checkpoint import CheckpointError, Checkpoints, init_from, reason
+from diffseg_jax.diffusion import importance
 from diffseg_jax.methods.base import Method
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.stop_signal import StopRequest
@@ -55,13 +56,24 @@ def train_step(
     if sequence_dropout > 0:
         dropped = modalities.drop_sequences(jax.random.fold_in(key, 7), batch["image"], sequence_dropout)
         batch = {**batch, "image": dropped}
+    batch = {**batch, "step": state.step}
+    history = getattr(state, "timestep_history", None)
+    if history is not None:
+        batch["t_probabilities"] = importance.bin_probabilities(history)
     (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(state.params, batch, key)
+    per_example = aux.pop("per_example", None)
+    if history is not None and per_example is None:
+        raise ValueError(f"{method.name} does not support diffusion.importance_sampling")
     grad_norm = optax.global_norm(grads)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay(state.step, ema_max_decay)
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     updated = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+    if history is not None:
+        updated = updated.replace(
+            timestep_history=importance.record(history, per_example["bin"], per_example["loss"])
+        )
     # An overflowing update (finite loss and gradients, infinite parameters) is rejected as well: otherwise
     # the state kept after the next, non-finite, loss would already be the diverged one.
     # Three scalars and one cond: a per-leaf isfinite + where over the state compiles ~50x slower on XLA:CPU.

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from diffseg_jax.diffusion import importance
 from diffseg_jax.methods.base import Method
 
 
@@ -25,6 +26,23 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
     rng: jnp.ndarray
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+class TrainStateWithHistory(TrainState):
+    """With importance-sampled timesteps (`diffusion.importance_sampling`): their loss history too.
+
+    A separate class, so runs without it keep the checkpoint structure they always had.
+    """
+
+    timestep_history: Any = None
+
+
+def timestep_history(config: ml_collections.ConfigDict) -> importance.History | None:
+    """The empty loss history when `config.diffusion.importance_sampling` is on, else None."""
+    d = config.get("diffusion")
+    if d is None or not d.get("importance_sampling", False):
+        return None
+    return importance.init_history(d.importance_bins, d.importance_history)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -57,7 +75,7 @@ def create_train_state(
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
     params = method.init(init_key, {k: jnp.asarray(v) for k, v in sample_batch.items()})
     tx = make_optimizer(config)
-    return TrainState(
+    fields = dict(
         step=jnp.zeros((), jnp.int32),
         params=params,
         ema_params=jax.tree.map(jnp.copy, params),  # distinct buffers: both are donated
@@ -65,6 +83,10 @@ def create_train_state(
         rng=state_key,
         tx=tx,
     )
+    history = timestep_history(config)
+    if history is None:
+        return TrainState(**fields)
+    return TrainStateWithHistory(**fields, timestep_history=history)
 
 
 def ema_decay(step: jnp.ndarray, max_decay: float) -> jnp.ndarray:

@@ -1,4 +1,5 @@
-"""Training strategies of the conditional-diffusion segmenters: recycling (Fu et al., MELBA 2023)."""
+"""Training strategies of the conditional-diffusion segmenters: recycling (Fu et al., MELBA 2023),
+self-conditioning (Chen et al. 2022) and importance sampling of t (Nichol & Dhariwal 2021)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,79 @@ def test_self_conditioning_feeds_the_mask_pathway_the_estimate_and_trains_and_sa
     assert np.isfinite(float(jax.jit(method.loss)(params, batch, jax.random.PRNGKey(0))[0]))
     out = jax.jit(method.predict)(params, batch["image"], jax.random.PRNGKey(2))
     assert out["prob"].shape == (2, 16, 16, 3) and np.isfinite(np.asarray(out["prob"])).all()
+
+
+def test_recycling_ramps_its_probability_over_the_given_steps():
+    method = build_method(_smoke_16px(recycling="xt", recycling_prob=1.0, recycling_ramp_steps=100))
+    batch = _batch()
+    params = method.init(jax.random.PRNGKey(0), batch)
+    loss = jax.jit(method.loss)
+    key = jax.random.PRNGKey(1)
+    at = {step: float(loss(params, {**batch, "step": jnp.asarray(step)}, key)[0]) for step in (0, 100, 500)}
+    off, _ = _loss("")
+    always, _ = _loss("xt", prob=1.0)
+    assert at[0] == pytest.approx(off, rel=1e-4)  # probability 0 at the start
+    assert at[100] == pytest.approx(always, rel=1e-4) and at[500] == pytest.approx(always, rel=1e-4)
+
+
+def test_importance_history_is_uniform_until_full_then_follows_the_losses_rms():
+    from diffseg_jax.diffusion import importance
+
+    history = importance.init_history(bins=4, history=2)
+    losses = jnp.asarray([1.0, 1.0, 3.0, 3.0, 0.0, 0.0, 4.0, 4.0])
+    bins = jnp.asarray([0, 0, 1, 1, 2, 2, 3, 3])
+    partial = importance.record(history, bins[:6], losses[:6])  # bin 3 still empty
+    np.testing.assert_allclose(importance.bin_probabilities(partial), 0.25)
+    full = importance.record(history, bins, losses)
+    np.testing.assert_array_equal(full["seen"], [2, 2, 2, 2])
+    expected = np.array([1.0, 3.0, 0.0, 4.0]) / 8.0 * (1 - 0.001) + 0.001 / 4
+    np.testing.assert_allclose(importance.bin_probabilities(full), expected, rtol=1e-6)
+    # a ring buffer: a third loss in bin 1 replaces its oldest, in batch order
+    newer = importance.record(full, jnp.asarray([1, 1, 1]), jnp.asarray([5.0, 6.0, 7.0]))
+    np.testing.assert_allclose(newer["losses"][1], [7.0, 6.0])
+    assert int(newer["seen"][1]) == 5
+
+
+def test_importance_draws_follow_the_bins_and_the_weights_keep_the_uniform_expectation():
+    from diffseg_jax.diffusion import importance
+
+    p = jnp.asarray([0.1, 0.2, 0.3, 0.4])
+    t, chosen, weights = importance.draw(jax.random.PRNGKey(0), p, 200_000, num_steps=1000)
+    np.testing.assert_array_equal(np.asarray(t) // 250, np.asarray(chosen))
+    np.testing.assert_allclose(np.bincount(np.asarray(chosen), minlength=4) / 200_000, p, atol=0.005)
+    np.testing.assert_allclose(np.asarray(weights), 1.0 / (4 * np.asarray(p)[np.asarray(chosen)]), rtol=1e-6)
+    f = np.cos(np.asarray(t) / 300.0)  # any function of t: E_p[w f(t)] = E_uniform[f(t)]
+    assert np.mean(np.asarray(weights) * f) == pytest.approx(
+        np.mean(np.cos(np.arange(1000) / 300.0)), abs=0.01
+    )
+    with pytest.raises(ValueError, match="must divide"):
+        importance.draw(jax.random.PRNGKey(0), jnp.full((3,), 1 / 3), 4, num_steps=1000)
+
+
+def test_importance_sampling_trains_with_its_history_in_the_state_and_refuses_a_timestep_power(tmp_path):
+    from diffseg_jax import train
+    from diffseg_jax.checkpoint import Checkpoints
+    from diffseg_jax.train_state import TrainStateWithHistory, create_train_state
+
+    config = _smoke_16px(
+        importance_sampling=True, importance_bins=10, importance_history=2, timestep_power=1.0
+    )
+    method = build_method(config)
+    batch = _batch()
+    state = create_train_state(config, method, {k: np.asarray(v[:1]) for k, v in batch.items()})
+    assert isinstance(state, TrainStateWithHistory)
+    step = jax.jit(lambda s, b: train.train_step(s, b, method, 0.99))
+    for _ in range(3):
+        state, metrics = step(state, batch)
+        assert float(metrics["skipped"]) == 0.0 and "per_example" not in metrics
+    history = state.timestep_history
+    assert int(history["seen"].sum()) == 3 * 2  # every example's loss, in the bin of its t
+    assert float(jnp.abs(history["losses"]).sum()) > 0
+    checkpoints = Checkpoints(tmp_path / "checkpoints", max_to_keep=None)
+    checkpoints.save(3, state)
+    restored = checkpoints.restore(3, jax.tree.map(jnp.zeros_like, state))
+    checkpoints.close()
+    np.testing.assert_array_equal(restored.timestep_history["losses"], history["losses"])
+    config.diffusion.timestep_power = 2.0
+    with pytest.raises(ConfigError, match="importance_sampling"):
+        build_method(config)

@@ -61,11 +61,21 @@ def model_apply(model: nn.Module, config) -> Callable[..., Any]:
     return precision.apply_in(model.apply, runtime.compute_dtype(config.model.get("dtype", "float32")))
 
 
-def soft_dice_loss(prob: jnp.ndarray, label: jnp.ndarray, eps: float = 1.0) -> jnp.ndarray:
-    """1 - soft Dice per channel over the batch, averaged over channels (robust to class imbalance)."""
+def soft_dice_loss(
+    prob: jnp.ndarray, label: jnp.ndarray, weights: jnp.ndarray | None = None, eps: float = 1.0
+) -> jnp.ndarray:
+    """1 - soft Dice per channel over the batch, averaged over channels (robust to class imbalance).
+
+    `weights` [B]: each example's pixels count that many times (importance-sampled timesteps).
+    """
     axes = (0, 1, 2)
+    if weights is not None:
+        w = weights[:, None, None, None]
+        prob, label_w = prob * w, label * w
+    else:
+        label_w = label
     inter = jnp.sum(prob * label, axis=axes)
-    denom = jnp.sum(prob, axis=axes) + jnp.sum(label, axis=axes)
+    denom = jnp.sum(prob, axis=axes) + jnp.sum(label_w, axis=axes)
     return 1.0 - jnp.mean((2.0 * inter + eps) / (denom + eps))
 
 

@@ -28,9 +28,16 @@ import ml_collections
 import optax
 
 from diffseg_jax import ensemble, uncertainty
-from diffseg_jax.diffusion import process
+from diffseg_jax.diffusion import importance, process
 from diffseg_jax.diffusion.schedules import make_schedule
-from diffseg_jax.methods.base import Method, binary_entropy, model_apply, num_outputs, soft_dice_loss
+from diffseg_jax.methods.base import (
+    Method,
+    binary_entropy,
+    model_apply,
+    num_outputs,
+    per_example_soft_dice_loss,
+    soft_dice_loss,
+)
 
 FUSIONS = ("stepwise",) + tuple(ensemble.FUSIONS)
 
@@ -47,6 +54,12 @@ def build_conditional_diffusion(
         raise ValueError(f"unknown sampling.fusion {s.fusion!r}; expected one of {FUSIONS}")
     if d.get("recycling", "") not in ("", "xT", "xt"):
         raise ValueError(f"unknown diffusion.recycling {d.recycling!r}; expected '', 'xT' or 'xt'")
+    importance_sampling = bool(d.get("importance_sampling", False))
+    if importance_sampling and d.timestep_power != 1.0:
+        raise ValueError(
+            "diffusion.importance_sampling draws t from the loss history; it replaces "
+            f"diffusion.timestep_power={d.timestep_power} (set it to 1)"
+        )
     schedule = make_schedule(d.schedule, d.num_steps)
     bounded = d.parameterization == "x0"
     self_condition = bool(d.get("self_condition", False))
@@ -82,9 +95,16 @@ def build_conditional_diffusion(
             schedule, d.parameterization, x_source, t_source, link(raw_source)
         )
         estimate = jax.lax.stop_gradient(jnp.clip(estimate, -1.0, 1.0))
-        recycle = jax.random.bernoulli(pick_key, d.recycling_prob, t.shape)[:, None, None, None]
+        recycle = jax.random.bernoulli(pick_key, recycling_probability(batch), t.shape)[:, None, None, None]
         x_t = process.q_sample(schedule, jnp.where(recycle, estimate, x0), t, noise)
         return x_t, process.eps_from_x0(schedule, x_t, t, x0)
+
+    def recycling_probability(batch) -> jnp.ndarray | float:
+        """`recycling_prob`, reached linearly over the first `recycling_ramp_steps` training steps."""
+        ramp = d.get("recycling_ramp_steps", 0)
+        if not ramp or "step" not in batch:
+            return d.recycling_prob
+        return d.recycling_prob * jnp.minimum(1.0, batch["step"].astype(jnp.float32) / ramp)
 
     def own_estimate(params, batch, x_t, t, key):
         """Self-conditioning's input for one batch: with probability 1/2 the model's x0 estimate from x_t
@@ -102,7 +122,16 @@ def build_conditional_diffusion(
     def loss(params, batch, key):
         t_key, noise_key, dropout_key = jax.random.split(key, 3)
         x0 = batch["label"] * 2.0 - 1.0
-        t = process.sample_timesteps(t_key, x0.shape[0], d.num_steps, d.timestep_power)
+        if importance_sampling:  # the train step passes the bins' probabilities from the loss history
+            t, t_bin, weights = importance.draw(t_key, batch["t_probabilities"], x0.shape[0], d.num_steps)
+        else:
+            t = process.sample_timesteps(t_key, x0.shape[0], d.num_steps, d.timestep_power)
+            t_bin, weights = None, None
+
+        def weighted_mean(values: jnp.ndarray) -> jnp.ndarray:
+            """The mean over examples, each weighted by its importance weight."""
+            return jnp.mean(values if weights is None else weights * values)
+
         noise = jax.random.normal(noise_key, x0.shape)
         x_t = process.q_sample(schedule, x0, t, noise)
         if d.get("recycling", ""):
@@ -128,17 +157,23 @@ def build_conditional_diffusion(
             d.min_snr_gamma,
             config.loss.get("x0_clip", False),
         )
-        noise_mse, x0_mse = jnp.mean(terms["noise_mse"]), jnp.mean(terms["x0_mse"])
+        noise_mse, x0_mse = weighted_mean(terms["noise_mse"]), weighted_mean(terms["x0_mse"])
         total = config.loss.noise_weight * noise_mse + config.loss.x0_weight * x0_mse
         metrics = {"noise_mse": noise_mse, "x0_mse": x0_mse}
+        each = config.loss.noise_weight * terms["noise_mse"] + config.loss.x0_weight * terms["x0_mse"]
         if config.loss.seg_weight:
             label = batch["label"]
             logits = raw if bounded else 4.0 * terms["x0_hat"]
             prob = jax.nn.sigmoid(logits)
-            bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, label))
-            seg = soft_dice_loss(prob, label) + bce
+            bce_pixels = optax.sigmoid_binary_cross_entropy(logits, label)
+            bce_each = jnp.mean(bce_pixels, axis=(1, 2, 3))
+            bce = jnp.mean(bce_pixels) if weights is None else weighted_mean(bce_each)
+            seg = soft_dice_loss(prob, label, weights) + bce
             total = total + config.loss.seg_weight * seg
             metrics["seg_loss"] = seg
+            each = each + config.loss.seg_weight * (per_example_soft_dice_loss(prob, label) + bce_each)
+        if importance_sampling:  # the train step records each example's loss in its bin's history
+            metrics["per_example"] = {"bin": t_bin, "loss": each}
         if extra_loss is not None:
             extra, extra_metrics = extra_loss(state.get("intermediates", {}), batch, t)
             total = total + extra
