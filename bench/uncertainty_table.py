@@ -4,10 +4,12 @@
     python bench/uncertainty_table.py --runs=/tmp/u --out=/tmp/u --preset=smoke   # to try it
 
 Sources: the U-Net's softmax entropy, the U-Net with flip test-time augmentation (entropy of the mean over
-four flips), MedSegDiff-V1's chains fused by their mean (the entropy of that mean) and BTSegDiff's stepwise
-uncertainty. Trained runs are read from <runs>/<method> (a missing or unfinished one is trained there through
-run_train.py with the `--config.*` overrides given); each source is evaluated through run_eval.py into
-<runs>/<method>/eval_uncertainty_<source>, reused when it exists. The table goes to <out>/uncertainty.md.
+four flips), a U-Net trained with dropout 0.1 and evaluated with MC dropout (entropy of the mean of 10
+passes; its run is <runs>/unet_baseline_dropout), MedSegDiff-V1's chains fused by their mean (the entropy of
+that mean) and BTSegDiff's stepwise uncertainty. Trained runs are read from <runs>/<run> (a missing or
+unfinished one is trained there through run_train.py with the `--config.*` overrides given); each source is
+evaluated through run_eval.py into <runs>/<run>/eval_uncertainty_<source>, reused when it exists. The table
+goes to <out>/uncertainty.md.
 """
 
 from __future__ import annotations
@@ -22,12 +24,23 @@ from finished import trained  # bench/ is the script's folder, on sys.path
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REGIONS = ("wt", "tc", "et")
-# source name -> (method, its run_eval overrides)
+# source name -> (method, its run under --runs, run_train overrides, run_eval overrides)
 SOURCES = {
-    "U-Net softmax entropy": ("unet_baseline", []),
-    "U-Net + flip TTA": ("unet_baseline", ["--config.eval.tta=flips"]),
-    "MedSegDiff-V1 entropy of the mean of 5 chains": ("medsegdiff_v1", ["--config.sampling.fusion=mean"]),
-    "BTSegDiff stepwise uncertainty": ("btsegdiff", []),
+    "U-Net softmax entropy": ("unet_baseline", "unet_baseline", [], []),
+    "U-Net + flip TTA": ("unet_baseline", "unet_baseline", [], ["--config.eval.tta=flips"]),
+    "U-Net + MC dropout (10 passes)": (
+        "unet_baseline",
+        "unet_baseline_dropout",
+        ["--config.model.dropout=0.1"],
+        ["--config.model.dropout=0.1", "--config.eval.mc_dropout=10"],
+    ),
+    "MedSegDiff-V1 entropy of the mean of 5 chains": (
+        "medsegdiff_v1",
+        "medsegdiff_v1",
+        [],
+        ["--config.sampling.fusion=mean"],
+    ),
+    "BTSegDiff stepwise uncertainty": ("btsegdiff", "btsegdiff", [], []),
 }
 
 
@@ -70,10 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     runs, out = pathlib.Path(args.runs).resolve(), pathlib.Path(args.out).resolve()
     results = {}
     for source in args.sources.split(","):
-        method, eval_args = SOURCES[source]
-        workdir = runs / method
+        method, run_name, train_args, eval_args = SOURCES[source]
+        workdir = runs / run_name
         if not trained(workdir):
-            run("run_train.py", method, args.preset, [f"--workdir={workdir}", *overrides])
+            run("run_train.py", method, args.preset, [f"--workdir={workdir}", *train_args, *overrides])
         out_dir = workdir / f"eval_uncertainty_{slug(source)}"
         if not (out_dir / "metrics.json").exists():
             flags = [f"--workdir={workdir}", f"--config.eval.output_dir={out_dir}", *eval_args, *overrides]

@@ -168,6 +168,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     # 'flips': test-time augmentation, the mean probability over the slice and its three flips, uncertainty =
     # that mean's entropy (an uncertainty for any method, e.g. the U-Net's); '' = the method's own output.
     e.tta = ""
+    # > 0: the U-Net baseline's MC dropout (Gal & Ghahramani 2016): that many passes with dropout active
+    # (train it with model.dropout > 0), the mean probability, uncertainty = that mean's entropy.
+    e.mc_dropout = 0
 
     if preset == "smoke":
         d.phantom_cases = 6

@@ -106,3 +106,36 @@ def test_memory_does_not_depend_on_number_of_steps():
 
     small, large = compiled_bytes(10), compiled_bytes(100)
     assert large <= small * 1.1 + 4096
+
+
+def test_mc_dropout_is_the_mean_of_passes_with_dropout_active():
+    from configs import unet_baseline
+    from diffseg_jax.config_defaults import ConfigError
+    from diffseg_jax.methods.base import binary_entropy, unet_kwargs
+    from diffseg_jax.methods.registry import build_method
+    from diffseg_jax.models.unet import UNet
+
+    config = unet_baseline.get_config("smoke")
+    config.data.image_size = 16
+    config.model.dropout = 0.5
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 4)), jnp.float32)
+    params = build_method(config).init(jax.random.PRNGKey(0), {"image": images})
+    leaves, tree = jax.tree.flatten(params)  # the residual blocks' last convs start at zero: perturb them
+    noise = [0.1 * jax.random.normal(jax.random.PRNGKey(i), p.shape) for i, p in enumerate(leaves)]
+    params = jax.tree.unflatten(tree, [p + n for p, n in zip(leaves, noise, strict=True)])
+    key = jax.random.PRNGKey(1)
+    plain = build_method(config).predict(params, images, key)["prob"]
+    config.eval.mc_dropout = 3
+    out = jax.jit(build_method(config).predict)(params, images, key)
+    model = UNet(**unet_kwargs(config))
+    passes = [
+        jax.nn.sigmoid(model.apply({"params": params}, images, train=True, rngs={"dropout": k}))
+        for k in jax.random.split(key, 3)
+    ]
+    np.testing.assert_allclose(out["prob"], np.mean(passes, axis=0), atol=1e-5)
+    np.testing.assert_allclose(out["uncertainty"], binary_entropy(out["prob"]), atol=1e-6)
+    assert np.abs(np.asarray(passes[0]) - np.asarray(passes[1])).max() > 1e-3  # dropout is active
+    assert np.abs(np.asarray(out["prob"]) - np.asarray(plain)).max() > 1e-4
+    config.model.dropout = 0.0
+    with pytest.raises(ConfigError, match="mc_dropout"):
+        build_method(config)

@@ -1,4 +1,5 @@
-"""Deterministic U-Net trained with BCE + soft Dice: the baseline every diffusion model must beat."""
+"""U-Net trained with BCE + soft Dice: the baseline every diffusion model must beat (deterministic, or MC
+dropout at evaluation with `eval.mc_dropout`)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,20 @@ def build(config: ml_collections.ConfigDict) -> Method:
         dice = soft_dice_loss(jax.nn.sigmoid(logits), batch["label"])
         return bce + dice, {"bce": bce, "soft_dice_loss": dice}
 
+    passes = config.eval.get("mc_dropout", 0)
+    if passes and not config.model.dropout:
+        raise ValueError("eval.mc_dropout needs a U-Net trained with model.dropout > 0")
+
     def predict(params, images, key):
-        del key  # deterministic
-        prob = jax.nn.sigmoid(apply({"params": params}, images))
+        if not passes:  # deterministic: the key is unused
+            prob = jax.nn.sigmoid(apply({"params": params}, images))
+        else:  # MC dropout: the mean over passes with dropout active, each with its own key
+
+            def one_pass(pass_key):
+                logits = apply({"params": params}, images, train=True, rngs={"dropout": pass_key})
+                return jax.nn.sigmoid(logits)
+
+            prob = jnp.mean(jax.lax.map(one_pass, jax.random.split(key, passes)), axis=0)
         return {"prob": prob, "uncertainty": binary_entropy(prob)}
 
     return Method("unet_baseline", init, loss, predict)
