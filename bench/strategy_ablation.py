@@ -1,0 +1,103 @@
+"""BTSegDiff's training strategies, alone and combined, against the U-Net over seeds: a Markdown table.
+
+    python bench/strategy_ablation.py --out=runs/strategies                       # every variant, seed 0
+    python bench/strategy_ablation.py --variants=unet,default --seeds=0,1,2      # the 3-seed comparison
+    python bench/strategy_ablation.py --out=/tmp/s --preset=smoke --variants=unet,self_condition
+
+Each (variant, seed) runs through run_train.py and run_eval.py with `--config.seed=<seed>` into
+<out>/<variant>/seed<seed>; finished runs are reused. Per variant: validation Dice of the kept checkpoint
+(mean of WT/TC/ET on the validation slices, the score that picks it) and test-split Dice per region, each
+as the mean ± sample sd over the seeds (the sd needs two seeds or more), and the median train step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from finished import trained  # bench/ is the script's folder, on sys.path
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REGIONS = ("wt", "tc", "et")
+# variant -> (method config, overrides of its training and evaluation)
+VARIANTS = {
+    "unet": ("unet_baseline", []),
+    "default": ("btsegdiff", []),
+    "self_condition": ("btsegdiff", ["--config.diffusion.self_condition=True"]),
+    "recycle_xt": ("btsegdiff", ["--config.diffusion.recycling=xt"]),
+    "recycle_xT": ("btsegdiff", ["--config.diffusion.recycling=xT"]),
+    "importance": (
+        "btsegdiff",
+        ["--config.diffusion.importance_sampling=True", "--config.diffusion.timestep_power=1"],
+    ),
+}
+
+
+def run(variant: str, seed: int, out: pathlib.Path, preset: str, extra: list[str]) -> pathlib.Path:
+    method, overrides = VARIANTS[variant]
+    workdir = out / variant / f"seed{seed}"
+    config = f"--config=configs/{method}.py" + (f":{preset}" if preset else "")
+    args = [config, f"--workdir={workdir}", f"--config.seed={seed}", *overrides, *extra]
+    for script, done in (
+        ("run_train.py", trained),
+        ("run_eval.py", lambda w: (w / "eval" / "metrics.json").exists()),
+    ):
+        if not done(workdir):
+            cmd = [sys.executable, str(ROOT / script), *args]
+            print("+", " ".join(cmd), flush=True)
+            subprocess.run(cmd, cwd=ROOT, check=True)
+    return workdir
+
+
+def validation_dice(workdir: pathlib.Path) -> float:
+    """The selection score stored with the kept checkpoint (<workdir>/best/<step>/metrics)."""
+    kept = sorted((workdir / "best").glob("*/metrics/metrics"), key=lambda p: int(p.parts[-3]))
+    return float(next(iter(json.loads(kept[-1].read_text()).values())))
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def table(out: pathlib.Path, variants: list[str], seeds: list[int]) -> str:
+    header = ["variant", "seeds", "val Dice"] + [f"{r.upper()} Dice" for r in REGIONS] + ["train s/step"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant in variants:
+        workdirs = [out / variant / f"seed{s}" for s in seeds]
+        metrics = [json.loads((w / "eval" / "metrics.json").read_text())["regions"] for w in workdirs]
+        steps = [json.loads((w / "train_summary.json").read_text())["median_step_seconds"] for w in workdirs]
+        cells = [variant, ",".join(map(str, seeds)), mean_sd([validation_dice(w) for w in workdirs])]
+        cells += [mean_sd([m[r]["dice"]["mean"] for m in metrics]) for r in REGIONS]
+        cells.append(f"{np.median(steps):.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--out", default="runs/strategies")
+    parser.add_argument("--preset", default="")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
+    parser.add_argument("--seeds", default="0")
+    args, extra = parser.parse_known_args(argv)
+    if any(not o.startswith("--config.") for o in extra):
+        parser.error(f"unknown arguments {extra}; only --config.* overrides are passed through")
+    out = pathlib.Path(args.out).resolve()
+    variants, seeds = args.variants.split(","), [int(s) for s in args.seeds.split(",")]
+    for variant in variants:
+        for seed in seeds:
+            run(variant, seed, out, args.preset, extra)
+    text = table(out, variants, seeds)
+    (out / f"strategies_seeds{'_'.join(map(str, seeds))}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
