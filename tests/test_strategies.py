@@ -101,9 +101,9 @@ def test_recycling_ramps_its_probability_over_the_given_steps():
     key = jax.random.PRNGKey(1)
     at = {step: float(loss(params, {**batch, "step": jnp.asarray(step)}, key)[0]) for step in (0, 100, 500)}
     off, _ = _loss("")
-    always, _ = _loss("xt", prob=1.0)
-    assert at[0] == pytest.approx(off, rel=1e-4)  # probability 0 at the start
-    assert at[100] == pytest.approx(always, rel=1e-4) and at[500] == pytest.approx(always, rel=1e-4)
+    assert at[0] == pytest.approx(off, rel=1e-4)  # probability 0 at the start: the reference's x_t
+    assert at[100] == pytest.approx(at[500], rel=1e-6)  # the full probability from step 100 on
+    assert at[100] != pytest.approx(off, rel=1e-3)
 
 
 def test_importance_history_is_uniform_until_full_then_follows_the_losses_rms():
