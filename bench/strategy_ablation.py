@@ -30,6 +30,7 @@ VARIANTS = {
     "self_condition": ("btsegdiff", ["--config.diffusion.self_condition=True"]),
     "recycle_xt": ("btsegdiff", ["--config.diffusion.recycling=xt"]),
     "recycle_xT": ("btsegdiff", ["--config.diffusion.recycling=xT"]),
+    "condition_head": ("btsegdiff", ["--config.loss.condition_head_weight=1.0"]),
     "importance": (
         "btsegdiff",
         ["--config.diffusion.importance_sampling=True", "--config.diffusion.timestep_power=1"],

@@ -85,6 +85,9 @@ def add_diffusion(c: ml_collections.ConfigDict, preset: str) -> None:
     # x0 term on x0_hat clipped to [-1, 1]: with eps-prediction the unclipped term weighs the eps error by
     # 0.5 (1 - alpha_bar) / alpha_bar (~12,000 at t = 999) and training sees only the noisiest steps.
     lo.x0_clip = True
+    # > 0: an image-only head on the condition encoder's features, Dice + BCE at every step with this weight
+    # (deep supervision of the image pathway; BTSegDiff and MedSegDiff-V1; sampling does not use it)
+    lo.condition_head_weight = 0.0
     if preset == "paper":
         d.parameterization = "eps"
         lo.seg_weight = 0.0

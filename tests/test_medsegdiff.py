@@ -8,7 +8,7 @@ import pytest
 from configs import medsegdiff_v1 as v1_config
 from configs import medsegdiff_v2 as v2_config
 from diffseg_jax.config_defaults import ConfigError
-from diffseg_jax.methods.medsegdiff_v2 import condition_model_loss
+from diffseg_jax.methods.conditional_diffusion import condition_model_loss
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.models.anchor import SpatialAttentionAnchor, gaussian_kernel
 from diffseg_jax.models.fusion import DynamicConditionalEncoding

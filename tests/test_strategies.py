@@ -1,16 +1,20 @@
 """Training strategies of the conditional-diffusion segmenters: recycling (Fu et al., MELBA 2023),
-self-conditioning (Chen et al. 2022) and importance sampling of t (Nichol & Dhariwal 2021)."""
+self-conditioning (Chen et al. 2022), importance sampling of t (Nichol & Dhariwal 2021) and the image-only
+head on the condition encoder."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from configs import btsegdiff
+from configs import btsegdiff, medsegdiff_v2
 from diffseg_jax.config_defaults import ConfigError
+from diffseg_jax.methods.base import unet_kwargs
 from diffseg_jax.methods.registry import build_method
+from diffseg_jax.models.dual_encoder import DualEncoderNet
 
 
 def _smoke_16px(**diffusion):
@@ -166,4 +170,67 @@ def test_importance_sampling_trains_with_its_history_in_the_state_and_refuses_a_
     np.testing.assert_array_equal(restored.timestep_history["losses"], history["losses"])
     config.diffusion.timestep_power = 2.0
     with pytest.raises(ConfigError, match="importance_sampling"):
+        build_method(config)
+
+
+def _head_config(weight: float):
+    config = _smoke_16px()
+    config.loss.condition_head_weight = weight
+    return config
+
+
+def test_the_condition_head_adds_its_weighted_dice_and_bce_and_off_builds_no_head():
+    batch = _batch()
+    key, init_key = jax.random.PRNGKey(1), jax.random.PRNGKey(0)
+    off, on = build_method(_head_config(0.0)), build_method(_head_config(0.5))
+    params_off, params_on = off.init(init_key, batch), on.init(init_key, batch)
+    assert "image_head" not in params_off and "image_head" in params_on
+    shared = {k: v for k, v in params_on.items() if k != "image_head"}
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), shared, params_off))
+
+    model = DualEncoderNet(**unet_kwargs(_head_config(0.5)), condition_head=True)
+    x_t = jnp.zeros_like(batch["label"])
+    _, state = model.apply({"params": params_on}, x_t, jnp.zeros(2, jnp.int32), batch["image"], mutable=True)
+    (logits,) = state["intermediates"]["condition_logits"]
+    prob, label = np.asarray(jax.nn.sigmoid(logits), np.float64), np.asarray(batch["label"], np.float64)
+    dice = 1 - (2 * (prob * label).sum(axis=(1, 2)) + 1) / (
+        prob.sum(axis=(1, 2)) + label.sum(axis=(1, 2)) + 1
+    )
+    z = np.asarray(logits, np.float64)
+    bce = np.maximum(z, 0) - z * label + np.log1p(np.exp(-np.abs(z)))
+    by_hand = 0.5 * (dice.mean(axis=1).mean() + bce.mean())
+
+    total_off, _ = jax.jit(off.loss)(params_off, batch, key)
+    total_on, metrics = jax.jit(on.loss)(params_on, batch, key)
+    assert float(total_on) - float(total_off) == pytest.approx(by_hand, rel=1e-4)
+    assert float(metrics["condition_dice_loss"]) == pytest.approx(dice.mean(), rel=1e-4)
+    out = on.predict(params_on, batch["image"], key)  # sampling does not use the head
+    assert out["prob"].shape == batch["label"].shape
+
+
+def test_the_condition_head_learns_the_mask_from_the_images():
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(4, 16, 16, 4)).astype(np.float32)
+    batch = {"image": jnp.asarray(image), "label": jnp.asarray(image[..., :3] > 0.5, jnp.float32)}
+    method = build_method(_head_config(1.0))
+    params = method.init(jax.random.PRNGKey(0), batch)
+    optimiser = optax.adam(3e-3)
+
+    @jax.jit
+    def step(params, opt_state, key):
+        (_, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(params, batch, key)
+        updates, opt_state = optimiser.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, metrics["condition_dice_loss"]
+
+    opt_state, losses = optimiser.init(params), []
+    for i in range(40):
+        params, opt_state, head_loss = step(params, opt_state, jax.random.PRNGKey(i))
+        losses.append(float(head_loss))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_medsegdiff_v2_refuses_the_condition_head():
+    config = medsegdiff_v2.get_config("smoke")
+    config.loss.condition_head_weight = 1.0
+    with pytest.raises(ConfigError, match="condition_head_weight"):
         build_method(config)

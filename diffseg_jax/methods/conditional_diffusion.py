@@ -7,7 +7,8 @@ whose code BTSegDiff's copies. It is off in the paper presets and on in the CPU 
 of the pixels. With x0-prediction the network's raw output r is the mask's logits and x0 = 2 sigmoid(r) - 1
 (Diff-UNet's sigmoid on the x0 output): every term then pulls r the same way, whereas with an unbounded x0
 the overlap terms push the background below -1 against the MSE and training becomes unstable.
-A method may add a loss on the network's recorded intermediates (MedSegDiff-V2's condition model). Masks are
+A method may add a loss on the network's recorded intermediates (MedSegDiff-V2's condition model; the
+dual-encoder methods' optional image-only head, `condition_head_loss`). Masks are
 diffused in [-1, 1]. Prediction: S chains as a vmap axis with the condition computed once per image, fused by
 `sampling.fusion`: 'stepwise' (BTSegDiff's stepwise uncertainty), or the chains' final estimates fused by
 'mean' or 'staple' (MedSegDiff's public sampler; `ensemble.py`). The uncertainty map, in [0, 1] like every
@@ -43,6 +44,29 @@ FUSIONS = ("stepwise",) + tuple(ensemble.FUSIONS)
 
 # (intermediates, batch, t) -> (loss, metrics)
 ExtraLoss = Callable[[Any, dict[str, jnp.ndarray], jnp.ndarray], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
+
+
+def condition_model_loss(logits: jnp.ndarray, label: jnp.ndarray, t: jnp.ndarray, alpha: int, beta: float):
+    """Mean over the batch of [t mod alpha == 0] * (soft Dice + beta * BCE), each per example."""
+    dice = per_example_soft_dice_loss(jax.nn.sigmoid(logits), label)
+    ce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, label), axis=(1, 2, 3))
+    selected = (t % alpha == 0).astype(jnp.float32)
+    return jnp.mean(selected * (dice + beta * ce)), {"condition_dice_loss": jnp.mean(dice)}
+
+
+def condition_head_loss(config: ml_collections.ConfigDict) -> ExtraLoss | None:
+    """`loss.condition_head_weight` x (soft Dice + BCE) of the image-only head on the condition encoder
+    (`models/condition_head.py`), at every step; None when the weight is 0 (the head is then not built)."""
+    weight = config.loss.get("condition_head_weight", 0.0)
+    if not weight:
+        return None
+
+    def extra_loss(intermediates, batch, t):
+        (logits,) = intermediates["condition_logits"]
+        loss, metrics = condition_model_loss(logits, batch["label"], t, alpha=1, beta=1.0)
+        return weight * loss, metrics
+
+    return extra_loss
 
 
 def build_conditional_diffusion(

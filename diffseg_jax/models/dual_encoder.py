@@ -5,7 +5,8 @@ the fused feature continues down EU and is the decoder's skip (decoder with atte
 `fusion_levels` names the levels that fuse (None: every level; MedSegDiff-V1's paper: the middle two);
 elsewhere EU's own features go on, and EC stops at the deepest fused level. EC does not depend on the
 step or the noisy mask, so its features are computed once per image (`encode_condition`) and reused at
-every sampling step and sample.
+every sampling step and sample. With `condition_head` an image-only head on EC's features is recorded
+(`sow`) for an auxiliary loss (`models/condition_head.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from diffseg_jax.models.condition_head import ConditionHead
 from diffseg_jax.models.fusion import FUSIONS
 from diffseg_jax.models.layers import Downsample, TimeEmbedding
 from diffseg_jax.models.unet import (
@@ -32,6 +34,7 @@ class DualEncoderNet(UNetShape):
     fusion: str = "btsegdiff"
     fourier: bool = True
     fusion_levels: tuple[int, ...] | None = None
+    condition_head: bool = False
 
     def setup(self):
         feats = level_features(self.base_features, self.multipliers)
@@ -50,6 +53,8 @@ class DualEncoderNet(UNetShape):
         self.fusions = [FUSIONS[self.fusion](self.fourier) for _ in self.fused]
         self.bottleneck = Bottleneck(feats[-1], self.dropout, self.remat)
         self.decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout, self.remat)
+        if self.condition_head:
+            self.image_head = ConditionHead(self.out_channels)
 
     def encode_condition(self, image: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, ...]:
         """EC: per-level features m_I of the sequences."""
@@ -87,7 +92,10 @@ class DualEncoderNet(UNetShape):
     def __call__(
         self, x_t: jnp.ndarray, t: jnp.ndarray, image: jnp.ndarray, train: bool = False
     ) -> jnp.ndarray:
-        return self.denoise(x_t, t, self.encode_condition(image, train), train)
+        cond = self.encode_condition(image, train)
+        if self.condition_head:
+            self.sow("intermediates", "condition_logits", self.image_head(cond))
+        return self.denoise(x_t, t, cond, train)
 
 
 def fused_levels(levels: Sequence[int] | None, num_levels: int) -> tuple[int, ...]:
