@@ -31,6 +31,10 @@ VARIANTS = {
     "recycle_xt": ("btsegdiff", ["--config.diffusion.recycling=xt"]),
     "recycle_xT": ("btsegdiff", ["--config.diffusion.recycling=xT"]),
     "condition_head": ("btsegdiff", ["--config.loss.condition_head_weight=1.0"]),
+    "condition_head_deepest": (
+        "btsegdiff",
+        ["--config.loss.condition_head_weight=0.5", "--config.loss.condition_head_levels=1"],
+    ),
     "importance": (
         "btsegdiff",
         ["--config.diffusion.importance_sampling=True", "--config.diffusion.timestep_power=1"],

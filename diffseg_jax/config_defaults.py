@@ -88,6 +88,7 @@ def add_diffusion(c: ml_collections.ConfigDict, preset: str) -> None:
     # > 0: an image-only head on the condition encoder's features, Dice + BCE at every step with this weight
     # (deep supervision of the image pathway; BTSegDiff and MedSegDiff-V1; sampling does not use it)
     lo.condition_head_weight = 0.0
+    lo.condition_head_levels = 0  # the head on every fused level (0) or on the k coarsest
     if preset == "paper":
         d.parameterization = "eps"
         lo.seg_weight = 0.0

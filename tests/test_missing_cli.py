@@ -58,7 +58,7 @@ def test_m2dn_synthesises_every_pattern_through_the_clis(m2dn_run, cli, tmp_path
 def test_regressor_baseline_trains_and_evaluates(tmp_path):
     config = synthesis_unet.get_config("smoke")
     assert config.method == "synthesis_unet" and config.task == "synthesis"
-    config.train.steps = config.train.eval_every = 2  # runs end to end; learning is test_m2dn's
+    config.train.steps, config.train.eval_every = 2, 0  # runs end to end; learning is test_m2dn's
     config.eval.max_cases = 1
     train_and_evaluate(config, tmp_path, progress=False)
     summary = synthesis.evaluate(config, tmp_path, progress=False)
@@ -122,7 +122,7 @@ def test_fill_in_must_be_a_synthesis_model(segmenter_run):
 
 def test_shaspec_segments_from_flair_alone(tmp_path):
     config = shaspec.get_config("smoke")
-    config.train.steps = config.train.eval_every = 2  # runs end to end; learning is test_shaspec's
+    config.train.steps, config.train.eval_every = 2, 0  # runs end to end; learning is test_shaspec's
     config.eval.max_cases = 1
     train_and_evaluate(config, tmp_path, progress=False)
     config.eval.available = "flair"

@@ -1,8 +1,11 @@
-"""Every `paper` preset trains: its architecture, loss and optimiser at a tiny width and image size.
+"""Every `paper` preset trains: its loss, diffusion and optimiser on its network at a tiny size.
 
 The 300-step runs at 64 px on the CPU are in docs/results.md; this checks, within the suite's budget, that
 each paper preset's loss is finite and falls on a fixed batch (a preset whose loss cannot be optimised, such
-as an unclipped x0 term weighing the noise error by 12,000, would not).
+as an unclipped x0 term weighing the noise error by 12,000, would not). The network keeps the preset's
+blocks per level and its method's parts (fusions, SS-Former, modality-aware module) at three levels instead
+of six, with attention at the coarsest: compiling six levels took most of this file's minutes and the loss
+does not depend on the depth.
 """
 
 import importlib
@@ -21,7 +24,9 @@ SIZE = 32
 
 def _tiny_paper_config(name: str):
     config = importlib.import_module(f"configs.{name}").get_config("paper")
-    config.model.base_features = 4  # the paper's depth, blocks and attention levels; a tiny width
+    config.model.base_features = 4  # a tiny width and depth; the paper's blocks per level
+    config.model.multipliers = (1, 2, 4)
+    config.model.attention_levels = (2,)
     config.data.image_size = SIZE
     if config.task == "anomaly":
         config.data.grid = (SIZE, SIZE, 8)

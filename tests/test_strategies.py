@@ -14,6 +14,7 @@ from configs import btsegdiff, medsegdiff_v2
 from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.methods.base import unet_kwargs
 from diffseg_jax.methods.registry import build_method
+from diffseg_jax.models.condition_head import ConditionHead
 from diffseg_jax.models.dual_encoder import DualEncoderNet
 
 
@@ -234,3 +235,22 @@ def test_medsegdiff_v2_refuses_the_condition_head():
     config.loss.condition_head_weight = 1.0
     with pytest.raises(ConfigError, match="condition_head_weight"):
         build_method(config)
+
+
+def test_the_condition_head_sums_the_chosen_levels_1x1_logits_at_full_size():
+    rng = np.random.default_rng(0)
+    features = [
+        jnp.asarray(rng.normal(size=(2, 16 // 2**i, 16 // 2**i, 4 * 2**i)), jnp.float32) for i in range(3)
+    ]
+    for coarsest, used in ((0, [0, 1, 2]), (1, [2]), (2, [1, 2])):
+        head = ConditionHead(3, coarsest)
+        params = head.init(jax.random.PRNGKey(0), features)["params"]
+        assert len(params) == len(used)
+        want = np.zeros((2, 16, 16, 3))
+        for conv, level in zip(sorted(params), used, strict=True):
+            kernel, bias = params[conv]["kernel"][0, 0], params[conv]["bias"]
+            coarse = features[level] @ kernel + bias
+            want += np.asarray(jax.image.resize(coarse, (2, 16, 16, 3), "bilinear"))
+        np.testing.assert_allclose(
+            np.asarray(head.apply({"params": params}, features)), want, rtol=1e-5, atol=1e-5
+        )

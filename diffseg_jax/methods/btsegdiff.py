@@ -15,5 +15,6 @@ def build(config: ml_collections.ConfigDict) -> Method:
         fusion="btsegdiff",
         fourier=config.model.fourier_fusion,
         condition_head=bool(config.loss.get("condition_head_weight", 0.0)),
+        condition_head_levels=config.loss.get("condition_head_levels", 0),
     )
     return build_conditional_diffusion("btsegdiff", model, config, condition_head_loss(config))

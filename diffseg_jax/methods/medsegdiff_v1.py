@@ -35,5 +35,6 @@ def build(config: ml_collections.ConfigDict) -> Method:
         fourier=config.model.ff_parser,
         fusion_levels=dce_levels(config),
         condition_head=bool(config.loss.get("condition_head_weight", 0.0)),
+        condition_head_levels=config.loss.get("condition_head_levels", 0),
     )
     return build_conditional_diffusion("medsegdiff_v1", model, config, condition_head_loss(config))

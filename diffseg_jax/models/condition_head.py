@@ -16,14 +16,18 @@ import jax.numpy as jnp
 
 
 class ConditionHead(nn.Module):
+    """`coarsest_levels`: 0 = a 1x1 head on every given level; k > 0 = on the k coarsest only."""
+
     out_channels: int
+    coarsest_levels: int = 0
 
     @nn.compact
     def __call__(self, features: Sequence[jnp.ndarray]) -> jnp.ndarray:
         """Logits [B, H, W, out] at the finest level's size from the per-level features."""
         batch, height, width = features[0].shape[:3]
         logits = jnp.zeros((batch, height, width, self.out_channels), jnp.float32)
-        for level_features in features:
+        used = features[-self.coarsest_levels :] if self.coarsest_levels else features
+        for level_features in used:
             coarse = nn.Conv(self.out_channels, (1, 1))(level_features).astype(jnp.float32)
             logits = logits + jax.image.resize(coarse, logits.shape, "bilinear")
         return logits

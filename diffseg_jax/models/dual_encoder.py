@@ -35,6 +35,7 @@ class DualEncoderNet(UNetShape):
     fourier: bool = True
     fusion_levels: tuple[int, ...] | None = None
     condition_head: bool = False
+    condition_head_levels: int = 0  # 0: every fused level; k: the k coarsest (`ConditionHead`)
 
     def setup(self):
         feats = level_features(self.base_features, self.multipliers)
@@ -54,7 +55,7 @@ class DualEncoderNet(UNetShape):
         self.bottleneck = Bottleneck(feats[-1], self.dropout, self.remat)
         self.decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout, self.remat)
         if self.condition_head:
-            self.image_head = ConditionHead(self.out_channels)
+            self.image_head = ConditionHead(self.out_channels, self.condition_head_levels)
 
     def encode_condition(self, image: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, ...]:
         """EC: per-level features m_I of the sequences."""
