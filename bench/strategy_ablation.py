@@ -35,6 +35,8 @@ VARIANTS = {
         "btsegdiff",
         ["--config.loss.condition_head_weight=0.5", "--config.loss.condition_head_levels=1"],
     ),
+    "learning_rate_2x": ("btsegdiff", ["--config.train.learning_rate=6e-4"]),
+    "unet_learning_rate_2x": ("unet_baseline", ["--config.train.learning_rate=6e-4"]),
     "importance": (
         "btsegdiff",
         ["--config.diffusion.importance_sampling=True", "--config.diffusion.timestep_power=1"],
