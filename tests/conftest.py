@@ -72,6 +72,20 @@ def trained_run():
     return get
 
 
+# Each xdist worker starts by training one of the shared runs, so that neither waits idle on the other's
+# lock later (a worker blocked on the lock leaves its core unused).
+_FIRST_RUN = {
+    "gw0": ("btsegdiff-smoke", "--config=configs/btsegdiff.py:smoke"),
+    "gw1": ("m2dn-smoke", "--config=configs/m2dn.py:smoke"),
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_runs_trained_first(request, trained_run):
+    if _WORKER in _FIRST_RUN and any("trained_run" in item.fixturenames for item in request.session.items):
+        trained_run(*_FIRST_RUN[_WORKER])
+
+
 @pytest.fixture(scope="session")
 def cli():
     """`cli(script, *args, check=True)`: run_train.py / run_eval.py in a subprocess (`run_cli`)."""

@@ -35,7 +35,9 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_uma_ddpm_unified_trains_and_evaluates_through_the_clis_and_writes_every_output(tmp_path):
     workdir = tmp_path / "uma"
     args = ("--config=configs/anomaly_uma_ddpm.py:smoke,unified", f"--workdir={workdir}")
-    train = run("run_train.py", *args)
+    train = run(
+        "run_train.py", *args, "--config.train.steps=2", "--config.train.eval_every=0"
+    )  # no validation
     assert train.returncode == 0, train.stderr[-3000:]
     evaluation = run("run_eval.py", *args)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
@@ -67,7 +69,7 @@ def test_uma_ddpm_unified_trains_and_evaluates_through_the_clis_and_writes_every
 @pytest.mark.parametrize("name", ["anomaly_anoddpm", "anomaly_pddpm", "anomaly_mddpm"])
 def test_each_baseline_smoke_trains_and_evaluates(name, tmp_path):
     config = smoke_config(name)
-    config.train.steps = 2
+    config.train.steps, config.train.eval_every = 2, 0  # no validation: this is about running end to end
     config.eval.write_predictions = False
     config.eval.num_overlays = 0
     train_and_evaluate(config, tmp_path, progress=False)

@@ -141,7 +141,14 @@ def test_shared_brats2013_cases_train_and_evaluate_through_a_layout_file(tmp_pat
         f"--config.data.cache_dir={tmp_path / 'cache'}",
     ]
     unet = "--config=configs/unet_baseline.py:smoke"  # the cheapest network: this is about the data
-    cli("run_train.py", unet, f"--workdir={tmp_path}", "--config.train.steps=2", *data)
+    cli(
+        "run_train.py",
+        unet,
+        f"--workdir={tmp_path}",
+        "--config.train.steps=2",
+        "--config.train.eval_every=0",
+        *data,
+    )
     cli("run_eval.py", unet, f"--workdir={tmp_path}", *data)
     summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert summary["num_cases"] == 1 and set(summary["regions"]) == {"wt", "tc", "et"}
