@@ -230,6 +230,13 @@ def test_the_condition_head_learns_the_mask_from_the_images():
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
+def test_condition_head_levels_out_of_range_is_one_config_error():
+    config = _head_config(1.0)
+    config.loss.condition_head_levels = len(config.model.multipliers) + 1
+    with pytest.raises(ConfigError, match="loss.condition_head_levels"):
+        build_method(config)
+
+
 def test_medsegdiff_v2_refuses_the_condition_head():
     config = medsegdiff_v2.get_config("smoke")
     config.loss.condition_head_weight = 1.0

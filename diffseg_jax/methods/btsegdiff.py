@@ -5,7 +5,11 @@ from __future__ import annotations
 import ml_collections
 
 from diffseg_jax.methods.base import Method, unet_kwargs
-from diffseg_jax.methods.conditional_diffusion import build_conditional_diffusion, condition_head_loss
+from diffseg_jax.methods.conditional_diffusion import (
+    build_conditional_diffusion,
+    condition_head_kwargs,
+    condition_head_loss,
+)
 from diffseg_jax.models.dual_encoder import DualEncoderNet
 
 
@@ -14,7 +18,6 @@ def build(config: ml_collections.ConfigDict) -> Method:
         **unet_kwargs(config),
         fusion="btsegdiff",
         fourier=config.model.fourier_fusion,
-        condition_head=bool(config.loss.get("condition_head_weight", 0.0)),
-        condition_head_levels=config.loss.get("condition_head_levels", 0),
+        **condition_head_kwargs(config),
     )
     return build_conditional_diffusion("btsegdiff", model, config, condition_head_loss(config))

@@ -29,6 +29,7 @@ import ml_collections
 import optax
 
 from diffseg_jax import ensemble, uncertainty
+from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.diffusion import importance, process
 from diffseg_jax.diffusion.schedules import make_schedule
 from diffseg_jax.methods.base import (
@@ -52,6 +53,17 @@ def condition_model_loss(logits: jnp.ndarray, label: jnp.ndarray, t: jnp.ndarray
     ce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, label), axis=(1, 2, 3))
     selected = (t % alpha == 0).astype(jnp.float32)
     return jnp.mean(selected * (dice + beta * ce)), {"condition_dice_loss": jnp.mean(dice)}
+
+
+def condition_head_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The dual-encoder network's head fields from `loss.condition_head_weight` / `condition_head_levels`."""
+    levels, most = int(config.loss.get("condition_head_levels", 0)), len(config.model.multipliers)
+    if not 0 <= levels <= most:
+        raise ConfigError(f"loss.condition_head_levels={levels} must be 0 (every level) or 1..{most}")
+    return {
+        "condition_head": bool(config.loss.get("condition_head_weight", 0.0)),
+        "condition_head_levels": levels,
+    }
 
 
 def condition_head_loss(config: ml_collections.ConfigDict) -> ExtraLoss | None:

@@ -6,7 +6,11 @@ import ml_collections
 
 from diffseg_jax.config_defaults import ConfigError
 from diffseg_jax.methods.base import Method, unet_kwargs
-from diffseg_jax.methods.conditional_diffusion import build_conditional_diffusion, condition_head_loss
+from diffseg_jax.methods.conditional_diffusion import (
+    build_conditional_diffusion,
+    condition_head_kwargs,
+    condition_head_loss,
+)
 from diffseg_jax.models.dual_encoder import DualEncoderNet, middle_levels
 
 
@@ -34,7 +38,6 @@ def build(config: ml_collections.ConfigDict) -> Method:
         fusion="medsegdiff_v1",
         fourier=config.model.ff_parser,
         fusion_levels=dce_levels(config),
-        condition_head=bool(config.loss.get("condition_head_weight", 0.0)),
-        condition_head_levels=config.loss.get("condition_head_levels", 0),
+        **condition_head_kwargs(config),
     )
     return build_conditional_diffusion("medsegdiff_v1", model, config, condition_head_loss(config))
