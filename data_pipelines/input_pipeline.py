@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data_pipelines import brats, slices
+from diffseg_jax import tensorflow_import
 
 _CACHE_VERSION = 1
 _TF_CONFIGURED = False
@@ -33,7 +34,7 @@ def _tf() -> Any:
     Settings that TF refuses after its runtime has started are skipped silently.
     """
     global _TF_CONFIGURED
-    import tensorflow as tf
+    tf = tensorflow_import.tensorflow()
 
     if not _TF_CONFIGURED:
         _TF_CONFIGURED = True

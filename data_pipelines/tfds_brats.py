@@ -12,9 +12,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from data_pipelines import brats, case_splits, slices
+from diffseg_jax import tensorflow_import
+
+tensorflow_import.tensorflow()  # first: tensorflow_datasets would import TensorFlow with Keras
+import tensorflow_datasets as tfds  # noqa: E402
 
 _SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 _SPLIT_SEED = 0

@@ -18,11 +18,10 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from tqdm.auto import tqdm
 
 from data_pipelines import input_pipeline
-from diffseg_jax import inference, modalities, parallel, tasks, workdir_lock
+from diffseg_jax import inference, modalities, parallel, tasks, tensorflow_import, workdir_lock
 from diffseg_jax.checkpoint import CheckpointError, Checkpoints, init_from, reason
 from diffseg_jax.diffusion import importance
 from diffseg_jax.methods.base import Method
@@ -187,7 +186,9 @@ def _train(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
+    writer = tensorflow_import.metric_writers().create_default_writer(
+        str(workdir), just_logging=jax.process_index() > 0
+    )
 
     def validate(state, step):
         def predict(images):
