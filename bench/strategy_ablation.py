@@ -13,12 +13,14 @@ as the mean ± sample sd over the seeds (the sd needs two seeds or more), and th
 `--test_phantom_cases=N` tests on N further phantom cases instead of the 9 of the test split: a second draw
 of the generator (`--test_phantom_seed`, default 1; new lesions, tumour-free cases and mimics on the same
 anatomy, none seen in training), evaluated into <workdir>/eval_phantom-n<N>-s<seed>. Nine cases are too few
-to separate two methods whose Dice differ by a few hundredths.
+to separate two methods whose Dice differ by a few hundredths; `--paired` adds each variant minus the first,
+case by case, with a bootstrap interval over the cases.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import pathlib
@@ -121,6 +123,42 @@ def table(out: pathlib.Path, variants: list[str], seeds: list[int], test: TestSe
     return "\n".join(lines) + "\n"
 
 
+def per_case_dice(workdirs: list[pathlib.Path], test: TestSet) -> dict[str, np.ndarray]:
+    """Region -> (cases,) Dice averaged over the seeds' runs, cases in sorted order."""
+    runs = []
+    for w in workdirs:
+        with (test.eval_dir(w) / "per_case.csv").open() as f:
+            runs.append({row["case_id"]: row for row in csv.DictReader(f)})
+    cases = sorted(runs[0])
+    if any(sorted(r) != cases for r in runs):
+        raise SystemExit(f"the runs in {[str(w) for w in workdirs]} were tested on different cases")
+    return {
+        r: np.array([[float(run[c][f"{r}_dice"]) for c in cases] for run in runs]).mean(0) for r in REGIONS
+    }
+
+
+def paired(out: pathlib.Path, variants: list[str], seeds: list[int], test: TestSet) -> str:
+    """Each variant minus the first, case by case (Dice averaged over seeds): the mean difference with a
+    95% bootstrap interval over the cases, and on how many cases the variant is ahead / behind."""
+    per_variant = {v: per_case_dice([out / v / f"seed{s}" for s in seeds], test) for v in variants}
+    reference = variants[0]
+    header = ["variant", f"minus {reference}"] + [
+        f"{r.upper()} Δ Dice [95% CI], ahead / behind" for r in REGIONS
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rng = np.random.default_rng(0)
+    for variant in variants[1:]:
+        cells = [variant, f"{len(per_variant[variant]['wt'])} cases"]
+        for r in REGIONS:
+            diff = per_variant[variant][r] - per_variant[reference][r]
+            boot = diff[rng.integers(0, len(diff), (10_000, len(diff)))].mean(1)
+            low, high = np.percentile(boot, [2.5, 97.5])
+            ahead, behind = int((diff > 1e-6).sum()), int((diff < -1e-6).sum())
+            cells.append(f"{diff.mean():+.3f} [{low:+.3f}, {high:+.3f}], {ahead} / {behind}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -130,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--test_phantom_cases", type=int, default=0, help="0: the test split (9 cases)")
     parser.add_argument("--test_phantom_seed", type=int, default=1)
+    parser.add_argument("--paired", action="store_true", help="also each variant minus the first, by case")
     args, extra = parser.parse_known_args(argv)
     if any(not o.startswith("--config.") for o in extra):
         parser.error(f"unknown arguments {extra}; only --config.* overrides are passed through")
@@ -140,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         for seed in seeds:
             run(variant, seed, out, args.preset, extra, test)
     text = table(out, variants, seeds, test)
+    if args.paired:
+        text += "\n" + paired(out, variants, seeds, test)
     suffix = test.name.removeprefix("eval")
     (out / f"strategies_seeds{'_'.join(map(str, seeds))}{suffix}.md").write_text(text)
     print(text)
