@@ -90,6 +90,12 @@ class TestSet:
     def eval_dir(self, workdir: pathlib.Path) -> pathlib.Path:
         return workdir / self.name
 
+    def tumour_free(self, case: str) -> bool:
+        """Whether a phantom case (BraTS2021_<index>) was drawn without a lesion (its Dice is 1 or 0)."""
+        return phantom.tumour_free(
+            int(case.rsplit("_", 1)[1]), self.phantom_seed if self.phantom_cases else 0
+        )
+
     def eval_flags(self, workdir: pathlib.Path) -> list[str]:
         if not self.phantom_cases:
             return []
@@ -123,8 +129,8 @@ def table(out: pathlib.Path, variants: list[str], seeds: list[int], test: TestSe
     return "\n".join(lines) + "\n"
 
 
-def per_case_dice(workdirs: list[pathlib.Path], test: TestSet) -> dict[str, np.ndarray]:
-    """Region -> (cases,) Dice averaged over the seeds' runs, cases in sorted order."""
+def per_case_dice(workdirs: list[pathlib.Path], test: TestSet) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Sorted case ids, and region -> (seeds, cases) Dice."""
     runs = []
     for w in workdirs:
         with (test.eval_dir(w) / "per_case.csv").open() as f:
@@ -132,25 +138,47 @@ def per_case_dice(workdirs: list[pathlib.Path], test: TestSet) -> dict[str, np.n
     cases = sorted(runs[0])
     if any(sorted(r) != cases for r in runs):
         raise SystemExit(f"the runs in {[str(w) for w in workdirs]} were tested on different cases")
-    return {
-        r: np.array([[float(run[c][f"{r}_dice"]) for c in cases] for run in runs]).mean(0) for r in REGIONS
+    return cases, {
+        r: np.array([[float(run[c][f"{r}_dice"]) for c in cases] for run in runs]) for r in REGIONS
     }
 
 
 def paired(out: pathlib.Path, variants: list[str], seeds: list[int], test: TestSet) -> str:
     """Each variant minus the first, case by case (Dice averaged over seeds): the mean difference with a
-    95% bootstrap interval over the cases, and on how many cases the variant is ahead / behind."""
+    95% bootstrap interval over the cases, and on how many cases the variant is ahead / behind; over all
+    cases, then over the cases with a lesion. And how often each variant leaves a tumour-free case empty
+    (the only way to score Dice 1 there; one false voxel scores 0)."""
     per_variant = {v: per_case_dice([out / v / f"seed{s}" for s in seeds], test) for v in variants}
+    cases = per_variant[variants[0]][0]
+    free = np.array([test.tumour_free(c) for c in cases])
+    text = ""
+    for title, keep in (("all cases", np.ones_like(free)), ("cases with a lesion", ~free)):
+        text += (
+            _paired_table(
+                variants,
+                {v: {r: a.mean(0)[keep] for r, a in per_variant[v][1].items()} for v in variants},
+                title,
+            )
+            + "\n"
+        )
+    clean = [
+        f"{v} {int((per_variant[v][1]['wt'][:, free] == 1.0).sum())} / {free.sum() * len(seeds)}"
+        for v in variants
+    ]
+    return text + "Tumour-free cases left empty (case × seed): " + ", ".join(clean) + "\n"
+
+
+def _paired_table(variants: list[str], dice: dict[str, dict[str, np.ndarray]], title: str) -> str:
     reference = variants[0]
-    header = ["variant", f"minus {reference}"] + [
+    header = ["variant", f"minus {reference}, {title}"] + [
         f"{r.upper()} Δ Dice [95% CI], ahead / behind" for r in REGIONS
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rng = np.random.default_rng(0)
     for variant in variants[1:]:
-        cells = [variant, f"{len(per_variant[variant]['wt'])} cases"]
+        cells = [variant, f"{len(dice[variant]['wt'])} cases"]
         for r in REGIONS:
-            diff = per_variant[variant][r] - per_variant[reference][r]
+            diff = dice[variant][r] - dice[reference][r]
             boot = diff[rng.integers(0, len(diff), (10_000, len(diff)))].mean(1)
             low, high = np.percentile(boot, [2.5, 97.5])
             ahead, behind = int((diff > 1e-6).sum()), int((diff < -1e-6).sum())
