@@ -26,7 +26,7 @@ class _NoKerasCallback:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError(
             "TensorBoard's hparams Keras callback is not loaded in a diffseg_jax process; "
-            "import tensorboard.plugins.hparams.api before diffseg_jax.train to use it"
+            "import tensorboard.plugins.hparams.api before the first training run to use it"
         )
 
 
