@@ -1,10 +1,15 @@
 """BraTS case reader: find, validate and load cases on disk; labels <-> regions.
 
-Three real naming schemes are understood (each case is a folder named by its case id):
+A case is a folder whose files are ``<case>_<sequence>.nii(.gz)`` or ``<case>-<sequence>.nii(.gz)``, whatever
+the case id looks like and however the release spells the sequences, so every BraTS release reads as it comes:
 
-* BraTS 2020: ``BraTS20_Training_001/BraTS20_Training_001_{t1,t1ce,t2,flair,seg}.nii.gz``
-* BraTS 2021: ``BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz``
-* BraTS 2023: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``
+* BraTS 2017-2019: ``Brats18_2013_2_1/Brats18_2013_2_1_{t1,t1ce,t2,flair,seg}.nii.gz``
+* BraTS 2020 / 2021: ``BraTS20_Training_001/BraTS20_Training_001_t1.nii.gz``, ``BraTS2021_00000/...``
+* BraTS 2023 and later: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``
+* other spellings of the sequences (``T1``, ``T1c``, ``T1GD``, ``T2w``, ``FLAIR``, ...) in any case.
+
+Labels follow the release: 2023 spellings (``t1n/t1c/t2w/t2f``) or ``BraTS-`` ids mean ``{0,1,2,3}``, every
+other naming ``{0,1,2,4}`` (BraTS 2017-2021); a layout file (``data.layout``) names any other convention.
 
 Every bad input raises :class:`DataError` with one line naming the offending file or folder, so a
 broken download is reported before training starts rather than as a shape error deep in JAX.
@@ -34,19 +39,31 @@ MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 LABEL_VALUES: dict[str, tuple[int, ...]] = {name: c.values for name, c in conventions.KNOWN.items()}
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
-_SAME = {m: m for m in MODALITIES}
-# scheme -> (case id pattern, separator before the suffix, canonical modality -> file suffix)
-_SCHEMES: dict[str, tuple[re.Pattern[str], str, dict[str, str]]] = {
-    "brats2020": (re.compile(r"BraTS20_[A-Za-z]+_\d+"), "_", _SAME),
-    "brats2021": (re.compile(r"BraTS2021_\d+"), "_", _SAME),
-    "brats2023": (
-        re.compile(r"BraTS-[A-Z]+-\d+-\d+"),
-        "-",
-        {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"},
-    ),
+# How datasets spell each sequence (lower case, letters and digits only).
+_SEQUENCE_SPELLINGS = {
+    "t1": ("t1", "t1w", "t1n", "native", "t1native"),
+    "t1ce": ("t1ce", "t1c", "t1gd", "t1post", "t1contrast", "t1gad", "t1km"),
+    "t2": ("t2", "t2w"),
+    "flair": ("flair", "t2flair", "t2f"),
 }
+_BRATS2023_TAGS = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
+# <case><separator><tag>.nii(.gz): the last "_" or "-" before the tag separates it from the case id.
+_CASE_FILE = re.compile(r"(?P<case>.+)(?P<sep>[_-])(?P<tag>[A-Za-z0-9]+)\.nii(?:\.gz)?")
+# A folder named like a BraTS case is a case even when its files are missing (so the message names them).
+_BRATS_ID = re.compile(r"BraTS-[A-Za-z]+-\d+-\d+|(?i:brats)\d{2,4}_[A-Za-z0-9_]+")
 _EXTS = (".nii.gz", ".nii")
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
+LOOKED_FOR = (
+    "case folders of <case>_<sequence>.nii.gz (or -<sequence>, .nii) files, sequences spelt as any BraTS "
+    "release does (t1/t1ce/t2/flair, t1n/t1c/t2w/t2f, T1/T1c/T2/FLAIR, ...), e.g. "
+    "Brats18_2013_2_1/Brats18_2013_2_1_t1.nii.gz or BraTS-GLI-00000-000/BraTS-GLI-00000-000-t1n.nii.gz"
+)
+
+
+def sequence_name(text: str) -> str | None:
+    """The project's name (t1, t1ce, t2, flair) of a sequence as datasets spell it (T1w, t1gd, FLAIR, ...)."""
+    key = re.sub(r"[^a-z0-9]", "", text.lower())
+    return next((name for name, spellings in _SEQUENCE_SPELLINGS.items() if key in spellings), None)
 
 
 class DataError(ValueError):
@@ -118,65 +135,82 @@ class CaseVolume:
     brain: np.ndarray
 
 
-def _scheme_of(case_id: str) -> str | None:
-    for scheme, (pattern, _, _) in _SCHEMES.items():
-        if pattern.fullmatch(case_id):
-            return scheme
-    return None
-
-
 def _visible(path: pathlib.Path) -> bool:
     return not path.name.startswith(".")
 
 
-_FILE_RES = [
-    re.compile(rf"({pat.pattern}){re.escape(sep)}(?:{'|'.join([*sfx.values(), 'seg'])})\.nii(\.gz)?")
-    for pat, sep, sfx in _SCHEMES.values()
-]
+@dataclasses.dataclass(frozen=True)
+class _Found:
+    """The BraTS-named files of one case in one folder: sequence (or "seg") -> path, and their spelling."""
+
+    case_id: str
+    files: Mapping[str, pathlib.Path]
+    sep: str
+    brats2023: bool
 
 
-def _case_id_in(folder: pathlib.Path) -> str | None:
-    """The case id named by BraTS files directly inside ``folder`` (other files are ignored)."""
-    ids = {
-        m.group(1)
-        for entry in folder.iterdir()
-        if _visible(entry) and entry.is_file()
-        for rx in _FILE_RES
-        if (m := rx.fullmatch(entry.name))
-    }
-    if len(ids) > 1:
-        raise DataError(f"{folder}: files of several cases in one folder ({', '.join(sorted(ids))})")
-    return ids.pop() if ids else None
+def _named_files(folder: pathlib.Path) -> dict[str, dict[str, list[tuple[str, str, pathlib.Path]]]]:
+    """case id -> kind (a sequence or "seg") -> [(separator, tag, path)] of the files right in ``folder``."""
+    out: dict[str, dict[str, list[tuple[str, str, pathlib.Path]]]] = {}
+    for entry in folder.iterdir():
+        if not (_visible(entry) and entry.is_file()) or not (m := _CASE_FILE.fullmatch(entry.name)):
+            continue
+        tag = m.group("tag")
+        kind = "seg" if tag.lower() == "seg" else sequence_name(tag)
+        if kind is not None:
+            out.setdefault(m.group("case"), {}).setdefault(kind, []).append((m.group("sep"), tag, entry))
+    return out
 
 
-def _find_file(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
-    for ext in _EXTS:
-        path = folder / f"{stem}{ext}"
-        if path.is_file():
-            return path
-    return None
+def _case_in(folder: pathlib.Path) -> _Found | None:
+    """The case whose BraTS-named files lie directly in ``folder`` (other files are ignored).
+
+    Files named after the folder win; otherwise the files must name exactly one case id.
+    """
+    named = _named_files(folder)
+    if folder.name in named:
+        named = {folder.name: named[folder.name]}
+    if len(named) > 1:
+        raise DataError(f"{folder}: files of several cases in one folder ({', '.join(sorted(named))})")
+    if not named:
+        return None
+    ((case_id, kinds),) = named.items()
+    files: dict[str, pathlib.Path] = {}
+    for kind, entries in kinds.items():
+        if len(entries) > 1:
+            names = ", ".join(sorted(p.name for _, _, p in entries))
+            raise DataError(f"{folder}: several files for {kind} ({names})")
+        files[kind] = entries[0][2]
+    tags = {tag.lower() for kind, entries in kinds.items() if kind != "seg" for _, tag, _ in entries}
+    brats2023 = case_id.startswith("BraTS-") or (bool(tags) and tags <= set(_BRATS2023_TAGS.values()))
+    seps = [sep for entries in kinds.values() for sep, _, _ in entries]
+    return _Found(case_id, files, max(set(seps), key=seps.count), brats2023)
 
 
-def _case_files(folder: pathlib.Path, case_id: str, wanted: Sequence[str], require_seg: bool) -> CaseFiles:
-    scheme = _scheme_of(case_id)
-    assert scheme is not None
-    _, sep, suffixes = _SCHEMES[scheme]
-    images, missing = {}, []
-    for modality in wanted:
-        stem = f"{case_id}{sep}{suffixes[modality]}"
-        path = _find_file(folder, stem)
-        if path is None:
-            missing.append((modality, f"{stem}.nii.gz"))
-        else:
-            images[modality] = path
+def _named_like_a_case(folder: pathlib.Path) -> _Found | None:
+    """A folder named like a BraTS case but without its files: a case, so that the message names them."""
+    if not _BRATS_ID.fullmatch(folder.name):
+        return None
+    brats2023 = folder.name.startswith("BraTS-")
+    return _Found(folder.name, {}, "-" if brats2023 else "_", brats2023)
+
+
+def _expected_name(found: _Found, kind: str) -> str:
+    tag = _BRATS2023_TAGS.get(kind, kind) if found.brats2023 else kind
+    return f"{found.case_id}{found.sep}{tag}.nii.gz"
+
+
+def _case_files(folder: pathlib.Path, found: _Found, wanted: Sequence[str], require_seg: bool) -> CaseFiles:
+    missing = [m for m in wanted if m not in found.files]
     if missing:
-        mods = ", ".join(m for m, _ in missing)
-        expected = ", ".join(f for _, f in missing)
-        raise DataError(f"{folder}: missing {mods} (expected {expected})")
-    seg = _find_file(folder, f"{case_id}{sep}seg")
+        expected = ", ".join(_expected_name(found, m) for m in missing)
+        raise DataError(f"{folder}: missing {', '.join(missing)} (expected {expected})")
+    seg = found.files.get("seg")
     if require_seg and seg is None:
-        raise DataError(f"{folder}: missing segmentation (expected {case_id}{sep}seg.nii.gz)")
-    return CaseFiles(case_id=case_id, folder=folder, images=images, seg=seg, scheme=scheme)
+        raise DataError(f"{folder}: missing segmentation (expected {_expected_name(found, 'seg')})")
+    images = {m: found.files[m] for m in wanted}
+    scheme = "brats2023" if found.brats2023 else "brats"
+    return CaseFiles(case_id=found.case_id, folder=folder, images=images, seg=seg, scheme=scheme)
 
 
 def find_cases(
@@ -202,28 +236,27 @@ def find_cases(
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
 
-    found: list[tuple[pathlib.Path, str]] = []
-    direct = _case_id_in(root)
+    found: list[tuple[pathlib.Path, _Found]] = []
+    direct = _case_in(root)
     if direct:
         found.append((root, direct))
     else:
         for sub in sorted(p for p in root.iterdir() if _visible(p) and p.is_dir()):
-            case_id = _case_id_in(sub) or (sub.name if _scheme_of(sub.name) else None)
-            if case_id:
-                found.append((sub, case_id))
-        if not found and _scheme_of(root.name):
-            found.append((root, root.name))
-    if not found:
+            case = _case_in(sub) or _named_like_a_case(sub)
+            if case is not None:
+                found.append((sub, case))
+        if not found and (case := _named_like_a_case(root)):
+            found.append((root, case))
+    if not any(case.files for _, case in found):  # folders named like cases, but no file of any
         raise DataError(
-            f"no BraTS cases found in {root} (expected <case>/<case>_t1.nii.gz, e.g. "
-            "BraTS2021_00000/BraTS2021_00000_t1.nii.gz or "
-            "BraTS-GLI-00000-000/BraTS-GLI-00000-000-t1n.nii.gz)"
+            f"no BraTS cases found in {root}: looked for {LOOKED_FOR}; for another layout, name a layout "
+            "file in data.layout (eval.layout for eval.data_root)"
         )
     seen: dict[str, pathlib.Path] = {}
-    for folder, case_id in found:
-        if seen.setdefault(case_id, folder) != folder:
-            raise DataError(f"{folder}: case {case_id} also found in {seen[case_id]}")
-    makers = [functools.partial(_case_files, folder, cid, wanted, require_seg) for folder, cid in found]
+    for folder, case in found:
+        if seen.setdefault(case.case_id, folder) != folder:
+            raise DataError(f"{folder}: case {case.case_id} also found in {seen[case.case_id]}")
+    makers = [functools.partial(_case_files, folder, case, wanted, require_seg) for folder, case in found]
     return sorted(gather(makers, problems), key=lambda c: c.case_id)
 
 

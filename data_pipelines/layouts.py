@@ -7,7 +7,8 @@ folder-per-case layout described by a small JSON file.
   (name -> value, or region-based name -> [values]); ``imagesTr/<case>_<XXXX>.nii.gz`` one file per
   channel; ``labelsTr/<case>.nii.gz``.
 * **custom**: a JSON file (``data.layout``) naming, for each case folder under the root, the file of
-  each sequence, the label file with its convention (or explicit WT/TC/ET label lists) and an optional
+  each sequence (``{case}`` in a name stands for the folder's name, e.g. ``"{case}_flair_reg.nii.gz"``),
+  the label file with its convention (or explicit WT/TC/ET label lists) and an optional
   brain mask; the case id is the folder's name. Example: ``configs/layouts/brats2013_two_sequences.json``.
 
 :func:`find_cases` picks the layout (``layout`` file given; a ``dataset.json`` at the root; else the
@@ -27,19 +28,8 @@ from typing import Any
 from data_pipelines import brats, conventions
 from data_pipelines.brats import MODALITIES, CaseFiles, DataError
 
-_SEQUENCE_NAMES = {
-    "t1": ("t1", "t1w", "t1n", "native", "t1native"),
-    "t1ce": ("t1ce", "t1c", "t1gd", "t1post", "t1contrast", "t1gad", "t1km"),
-    "t2": ("t2", "t2w"),
-    "flair": ("flair", "t2flair", "t2f"),
-}
 _CUSTOM_KEYS = {"description", "sequences", "label", "convention", "regions", "brain_mask"}
-
-
-def sequence_name(text: str) -> str | None:
-    """The project's name (t1, t1ce, t2, flair) of a sequence as datasets spell it (T1w, t1gd, FLAIR, ...)."""
-    key = re.sub(r"[^a-z0-9]", "", text.lower())
-    return next((name for name, spellings in _SEQUENCE_NAMES.items() if key in spellings), None)
+sequence_name = brats.sequence_name
 
 
 def _wanted(available: Sequence[str] | None) -> tuple[str, ...]:
@@ -82,6 +72,11 @@ def _convention_of(source: pathlib.Path, spec: Mapping[str, Any]) -> conventions
 # ----------------------------------------------------------------------------------------- custom
 
 
+def _named(file_name: str, folder: pathlib.Path) -> str:
+    """A layout's file name in one case folder: ``{case}`` stands for the folder's name (the case id)."""
+    return file_name.replace("{case}", folder.name)
+
+
 def find_custom_cases(
     root: pathlib.Path,
     layout: pathlib.Path,
@@ -105,7 +100,7 @@ def find_custom_cases(
     _check_offered(layout, list(files), wanted)
     convention = _convention_of(layout, spec)
     names = [files[m] for m in wanted] + [spec[k] for k in ("label", "brain_mask") if spec.get(k)]
-    holds = lambda folder: any((folder / n).is_file() for n in names)  # noqa: E731
+    holds = lambda folder: any((folder / _named(n, folder)).is_file() for n in names)  # noqa: E731
     folders = [root] if holds(root) else [p for p in sorted(root.iterdir()) if p.is_dir() and holds(p)]
     if not folders:
         raise DataError(f"no case folder in {root} holds the files {layout.name} names ({', '.join(names)})")
@@ -115,18 +110,18 @@ def find_custom_cases(
     def case(folder: pathlib.Path) -> CaseFiles:
         images = {}
         for modality in wanted:
-            path = folder / files[modality]
+            path = folder / _named(files[modality], folder)
             if not path.is_file():
-                raise DataError(f"{folder}: missing {modality} (expected {files[modality]})")
+                raise DataError(f"{folder}: missing {modality} (expected {path.name})")
             images[modality] = path
-        seg = folder / spec["label"] if spec.get("label") else None
+        seg = folder / _named(spec["label"], folder) if spec.get("label") else None
         if seg is not None and not seg.is_file():
             if require_seg:
-                raise DataError(f"{folder}: missing segmentation (expected {spec['label']})")
+                raise DataError(f"{folder}: missing segmentation (expected {seg.name})")
             seg = None
-        mask = folder / spec["brain_mask"] if spec.get("brain_mask") else None
+        mask = folder / _named(spec["brain_mask"], folder) if spec.get("brain_mask") else None
         if mask is not None and not mask.is_file():
-            raise DataError(f"{folder}: missing brain mask (expected {spec['brain_mask']})")
+            raise DataError(f"{folder}: missing brain mask (expected {mask.name})")
         return CaseFiles(folder.name, folder, images, seg, "custom", convention, mask)
 
     return brats.gather([functools.partial(case, folder) for folder in folders], problems)

@@ -29,16 +29,13 @@ REAL_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "real"
 REAL_CASE = REAL_ROOT / "BraTS-GLI-00001-000"
 
 SUFFIXES = {
-    "brats2020": ("_", dict(zip(MODALITIES, MODALITIES, strict=True))),
-    "brats2021": ("_", dict(zip(MODALITIES, MODALITIES, strict=True))),
+    "brats": ("_", dict(zip(MODALITIES, MODALITIES, strict=True))),
     "brats2023": ("-", dict(zip(MODALITIES, ("t1n", "t1c", "t2w", "t2f"), strict=True))),
 }
 
 
 def scheme_of(case_id: str) -> str:
-    if case_id.startswith("BraTS20_"):
-        return "brats2020"
-    return "brats2023" if case_id.startswith("BraTS-") else "brats2021"
+    return "brats2023" if case_id.startswith("BraTS-") else "brats"
 
 
 def write(path: pathlib.Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> pathlib.Path:
@@ -102,9 +99,9 @@ def test_find_cases_all_schemes(tmp_path: pathlib.Path) -> None:
     assert len(set(cases)) == 5  # hashable despite the read-only images mapping
     assert len(cases) == 5
     expect = {
-        "BraTS20_Training_001": ("brats2020", "brats2021", "BraTS20_Training_001", True),
-        "BraTS20_Validation_002": ("brats2020", "brats2021", "BraTS20_Validation_002", False),
-        "BraTS2021_00000": ("brats2021", "brats2021", "BraTS2021_00000", True),
+        "BraTS20_Training_001": ("brats", "brats2021", "BraTS20_Training_001", True),
+        "BraTS20_Validation_002": ("brats", "brats2021", "BraTS20_Validation_002", False),
+        "BraTS2021_00000": ("brats", "brats2021", "BraTS2021_00000", True),
         "BraTS-GLI-00001-000": ("brats2023", "brats2023", "BraTS-GLI-00001", True),
         "BraTS-MEN-00012-001": ("brats2023", "brats2023", "BraTS-MEN-00012", False),
     }
@@ -120,6 +117,74 @@ def test_find_cases_all_schemes(tmp_path: pathlib.Path) -> None:
     assert gli["t2"].name == "BraTS-GLI-00001-000-t2w.nii.gz"
     assert gli["flair"].name == "BraTS-GLI-00001-000-t2f.nii.gz"
     assert by_id["BraTS2021_00000"].images["t1ce"].name == "BraTS2021_00000_t1ce.nii"
+
+
+def write_named_case(root: pathlib.Path, case_id: str, tags: dict[str, str], sep: str, et: int) -> None:
+    """A case whose files are <case><sep><tag>.nii.gz, with a segmentation whose enhancing label is `et`."""
+    folder = root / case_id
+    folder.mkdir(parents=True)
+    for i, tag in enumerate(tags.values()):
+        write(folder / f"{case_id}{sep}{tag}.nii.gz", np.full(SHAPE, 100 * (i + 1), np.int16))
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[2:6, 2:6, 1:5], labels[3:5, 3:5, 2:4], labels[4, 4, 3] = 2, 1, et
+    write(folder / f"{case_id}{sep}seg.nii.gz", labels)
+
+
+@pytest.mark.parametrize(
+    "case_id, tags, sep, convention",
+    [
+        ("Brats17_TCIA_105_1", ("t1", "t1ce", "t2", "flair"), "_", "brats2021"),  # BraTS 2017
+        ("Brats18_2013_2_1", ("t1", "t1ce", "t2", "flair"), "_", "brats2021"),  # BraTS 2018
+        ("BraTS19_CBICA_AAB_1", ("t1", "t1ce", "t2", "flair"), "_", "brats2021"),  # BraTS 2019
+        ("BraTS20_Training_369", ("t1", "t1ce", "t2", "flair"), "_", "brats2021"),  # BraTS 2020
+        ("BraTS2021_01666", ("t1", "t1ce", "t2", "flair"), "_", "brats2021"),  # BraTS 2021
+        ("BraTS-GLI-02000-101", ("t1n", "t1c", "t2w", "t2f"), "-", "brats2023"),  # BraTS 2023-2025
+        ("BraTS-SSA-00002-000", ("t1n", "t1c", "t2w", "t2f"), "-", "brats2023"),
+        ("patient07", ("T1", "T1c", "T2", "FLAIR"), "_", "brats2021"),  # the user's own ids and spellings
+        ("UPENN-GBM-00002_11", ("T1", "T1GD", "T2", "FLAIR"), "_", "brats2021"),
+        ("site3-0042", ("t1n", "t1c", "t2w", "t2f"), "-", "brats2023"),  # 2023 spellings, own id
+    ],
+)
+def test_every_release_naming(tmp_path: pathlib.Path, case_id, tags, sep, convention) -> None:
+    et = 3 if convention == "brats2023" else 4
+    write_named_case(tmp_path, case_id, dict(zip(MODALITIES, tags, strict=True)), sep, et)
+    (cases,) = [find_cases(tmp_path)]
+    assert [c.case_id for c in cases] == [case_id]
+    case = cases[0]
+    assert case.convention == convention
+    assert {m: p.name for m, p in case.images.items()} == {
+        m: f"{case_id}{sep}{tag}.nii.gz" for m, tag in zip(MODALITIES, tags, strict=True)
+    }
+    volume = load_case(case)
+    # each sequence lands in its own channel (written as 100, 200, 300, 400), the labels in their regions
+    assert [float(volume.images[0, 0, 0, c]) for c in range(4)] == [100.0, 200.0, 300.0, 400.0]
+    regions = labels_to_regions(volume.seg, volume.convention)
+    assert regions[..., 0].sum() == 64 and regions[..., 1].sum() == 8 and regions[..., 2].sum() == 1
+    assert find_cases(tmp_path / case_id)[0].case_id == case_id  # the case folder itself as root
+
+
+def test_release_convention_is_checked(tmp_path: pathlib.Path) -> None:
+    """A 2018 case carrying 2023 labels (3 = enhancing) is refused, naming the file and the convention."""
+    write_named_case(tmp_path, "Brats18_CBICA_AAP_1", dict(zip(MODALITIES, MODALITIES, strict=True)), "_", 3)
+    with pytest.raises(DataError, match=r"Brats18_CBICA_AAP_1_seg.nii.gz: labels \{3\} not in"):
+        load_case(find_cases(tmp_path)[0])
+
+
+def test_nothing_found_says_what_was_looked_for(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "case1").mkdir()
+    write(tmp_path / "case1" / "Flair_norm.nii.gz", np.zeros(SHAPE, np.int16))
+    with pytest.raises(DataError) as err:
+        find_cases(tmp_path)
+    message = str(err.value)
+    assert f"no BraTS cases found in {tmp_path}" in message and "data.layout" in message
+    assert "<case>_<sequence>.nii.gz" in message and "t1n/t1c/t2w/t2f" in message and "\n" not in message
+
+
+def test_two_files_for_one_sequence_are_refused(tmp_path: pathlib.Path) -> None:
+    folder = make_case(tmp_path, "Brats18_TCIA10_628_1")
+    write(folder / "Brats18_TCIA10_628_1_FLAIR.nii", np.zeros(SHAPE, np.int16))
+    with pytest.raises(DataError, match=r"several files for flair"):
+        find_cases(tmp_path)
 
 
 def test_single_case_folder_root(tmp_path: pathlib.Path) -> None:
@@ -426,7 +491,7 @@ def test_save_nifti_keeps_geometry(tmp_path: pathlib.Path) -> None:
 @pytest.fixture(scope="module")
 def real_volume():
     require_real_data(REAL_CASE)  # skipped without the real case, failed under CI
-    cases = find_cases(REAL_ROOT)
+    cases = find_cases(REAL_CASE)  # the case folder itself as root
     return cases, load_case(cases[0])
 
 
@@ -437,7 +502,6 @@ def test_real_case(real_volume, tmp_path: pathlib.Path) -> None:
     assert case.scheme == "brats2023" and case.convention == "brats2023"
     assert case.patient_id == "BraTS-GLI-00001" and case.seg is None
     assert set(case.images) == set(MODALITIES)
-    assert find_cases(REAL_CASE)[0].case_id == case.case_id  # the case folder itself as root
     assert vol.images.shape == (240, 240, 155, 4) and vol.images.dtype == np.float32
     assert vol.seg is None and vol.available == (True,) * 4
     assert np.isfinite(vol.images).all()

@@ -19,6 +19,7 @@ from diffseg_jax import outputs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BRATS2013 = ROOT.parent / "shared" / "real" / "brats2013-two-sequences"
+BRATS2018 = ROOT.parent / "shared" / "real" / "brats2018-twelve"
 BRATS2013_LAYOUT = ROOT / "configs" / "layouts" / "brats2013_two_sequences.json"
 SHAPE = (10, 9, 7)
 # Label 1 = WT only, 2 = WT + TC, 3 = all three, in the MSD convention.
@@ -163,6 +164,40 @@ def test_custom_layout_file(tmp_path):
         layouts.find_cases(tmp_path / "data", layout=layout)
 
 
+def test_custom_layout_names_files_by_case(tmp_path):
+    """`{case}` in a layout's file names stands for the case folder's name."""
+    layout = tmp_path / "layout.json"
+    spec = {
+        "sequences": {"flair": "{case}_FLAIR_reg.nii.gz", "t1ce": "{case}_T1GD_reg.nii.gz"},
+        "label": "{case}_labels.nii.gz",
+        "convention": "brats2023",
+        "brain_mask": "{case}_brainmask.nii.gz",
+    }
+    layout.write_text(json.dumps(spec))
+    for i, name in enumerate(("UCSF-001", "UCSF-002")):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        write(folder / f"{name}_FLAIR_reg.nii.gz", _channel(i))
+        write(folder / f"{name}_T1GD_reg.nii.gz", _channel(i + 1))
+        write(folder / f"{name}_labels.nii.gz", _labels())
+        write(folder / f"{name}_brainmask.nii.gz", np.ones(SHAPE, np.uint8))
+    (tmp_path / "data" / "UCSF-001" / "UCSF-002_FLAIR_reg.nii.gz").write_bytes(b"")  # another case's name
+    cases = layouts.find_cases(tmp_path / "data", layout=layout, available=("t1ce", "flair"))
+    assert [c.case_id for c in cases] == ["UCSF-001", "UCSF-002"]
+    second = cases[1]
+    assert second.images["flair"].name == "UCSF-002_FLAIR_reg.nii.gz"
+    assert (second.seg.name, second.brain_mask.name) == (
+        "UCSF-002_labels.nii.gz",
+        "UCSF-002_brainmask.nii.gz",
+    )
+    volume = brats.load_case(second)
+    np.testing.assert_array_equal(volume.images[..., 3], _channel(1))
+    assert volume.convention == "brats2023" and volume.brain.all()
+    (tmp_path / "data" / "UCSF-002" / "UCSF-002_T1GD_reg.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"UCSF-002: missing t1ce \(expected UCSF-002_T1GD_reg.nii.gz\)"):
+        layouts.find_cases(tmp_path / "data", layout=layout, available=("t1ce", "flair"))
+
+
 def test_background_that_is_not_zero_is_not_brain():
     rng = np.random.default_rng(0)
     brain = np.zeros((12, 12, 8), bool)
@@ -192,3 +227,18 @@ def test_shared_brats2013_cases_through_the_layout_file():
     assert set(np.unique(volume.seg)) == {0, 1, 2, 3, 4}
     normed = slices.normalize(volume.images, volume.brain)
     assert abs(normed[..., 3][volume.brain].mean()) < 0.05 and not normed[~volume.brain].any()
+
+
+def test_shared_brats2018_cases_as_the_release_names_them():
+    require_real_data(BRATS2018)
+    cases = layouts.find_cases(BRATS2018, require_seg=True)
+    assert len(cases) == 12 and all(c.case_id.startswith("Brats18_") for c in cases)
+    assert {c.convention for c in cases} == {"brats2021"} and all(
+        set(c.images) == set(MODALITIES) for c in cases
+    )
+    case = next(c for c in cases if c.case_id == "Brats18_2013_20_1")
+    assert case.images["t1ce"].name == "Brats18_2013_20_1_t1ce.nii.gz"
+    assert case.seg.name == "Brats18_2013_20_1_seg.nii.gz"
+    seg = np.asarray(nib.load(case.seg).dataobj)
+    assert set(np.unique(seg)) <= {0, 1, 2, 4}  # passes the 2017-2021 label check when loaded
+    assert brats.check_headers(case)  # four sequences and labels on one grid
