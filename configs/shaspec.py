@@ -1,6 +1,6 @@
 """ShaSpec: segment from any subset of the four sequences (shared + specific encoders, CVPR 2023).
 
-Presets (`--config=configs/shaspec.py:smoke`, default, `:paper`) share the U-Net shape and data of
+Presets (`--config=configs/shaspec.py:smoke`, default, `:real`, `:paper`) share the U-Net shape and data of
 configs/unet_baseline.py, so rows compare at (nearly) equal size. Half of the training examples
 (`train.sequence_dropout` = 0.5) see a random non-empty proper subset of the sequences, the other half all
 four: the model must learn every subset without losing the full-input accuracy. Loss weights are the

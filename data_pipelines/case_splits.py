@@ -59,10 +59,12 @@ def split_cases(
 
 
 def fold_splits(
-    cases: Sequence[CaseFiles], folds: int, fold: int, seed: int = 0
+    cases: Sequence[CaseFiles], folds: int, fold: int, seed: int = 0, val_patients: int = 0
 ) -> dict[str, list[CaseFiles]]:
     """Cross-validation by patient: patients dealt (seeded) into ``folds`` groups; test = group ``fold``,
-    val = the next group, train = the rest — over the folds every case is tested exactly once."""
+    val = the next group (``val_patients`` = 0) or that many patients of the other groups, train = the
+    rest — over the folds every case is tested exactly once. With few cases, a small validation set leaves
+    most of them to train on (12 cases, 3 folds: 7 train / 1 val / 4 test instead of 4 / 4 / 4)."""
     if folds < 3 or not 0 <= fold < folds:
         raise DataError(f"data.folds={folds}, data.fold={fold}: need folds >= 3 and 0 <= fold < folds")
     by_patient: dict[str, list[CaseFiles]] = {}
@@ -73,8 +75,17 @@ def fold_splits(
         raise DataError(f"data.folds={folds}: only {len(patients)} patient(s) to deal into folds")
     order = np.random.default_rng(seed).permutation(len(patients))
     group = {patients[i]: rank % folds for rank, i in enumerate(order)}
-    role = {fold: "test", (fold + 1) % folds: "val"}
+    if val_patients:
+        rest = [patients[i] for i in order if group[patients[i]] != fold]
+        if not 0 < val_patients < len(rest):
+            raise DataError(
+                f"data.fold_val_cases={val_patients}: need 0 < it < {len(rest)}, "
+                "the patients outside the test fold"
+            )
+        role = {p: "test" for p in patients if group[p] == fold} | {p: "val" for p in rest[:val_patients]}
+    else:
+        role = {p: {fold: "test", (fold + 1) % folds: "val"}.get(group[p], "train") for p in patients}
     out: dict[str, list[CaseFiles]] = {name: [] for name in SPLITS}
     for patient, members in by_patient.items():
-        out[role.get(group[patient], "train")].extend(members)
+        out[role.get(patient, "train")].extend(members)
     return {name: sorted(members, key=lambda c: c.case_id) for name, members in out.items()}

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_pipelines import brats, slices
+from data_pipelines import augmentation, brats, slices
 from diffseg_jax import tensorflow_import
 
 _CACHE_VERSION = 1
@@ -138,26 +138,13 @@ def build_arrays(
     return arrays
 
 
-def _augment(tf: Any, image: Any, label: Any, seed: Any) -> tuple[Any, Any]:
-    """Random flips and 90-degree rotations, identical for image and label (stateless)."""
-    draws = tf.random.stateless_uniform([3], seed=seed, minval=0, maxval=4, dtype=tf.int32)
-    flip_h, flip_v, quarter_turns = draws[0] >= 2, draws[1] >= 2, draws[2]
-
-    def transform(x: Any) -> Any:
-        x = tf.cond(flip_h, lambda: tf.reverse(x, axis=[1]), lambda: x)
-        x = tf.cond(flip_v, lambda: tf.reverse(x, axis=[0]), lambda: x)
-        return tf.image.rot90(x, k=quarter_turns)
-
-    return transform(image), transform(label)
-
-
 def train_batches(
     arrays: Mapping[str, np.ndarray],
     *,
     global_batch_size: int,
     seed: int,
     start_step: int = 0,
-    augment: bool = True,
+    augment: bool | augmentation.Augmentation = True,
     process_index: int = 0,
     process_count: int = 1,
     prefetch: int = 2,
@@ -166,7 +153,8 @@ def train_batches(
 
     Global example ``k`` of step ``k // global_batch_size`` is dataset index
     ``index_shuffle(k % N, seed=[seed, k // N])`` (a fresh permutation per epoch); this process
-    takes positions ``[p * B/P, (p + 1) * B/P)`` of every global batch.
+    takes positions ``[p * B/P, (p + 1) * B/P)`` of every global batch. ``augment``: True = flips and
+    quarter turns, False = none, or an :class:`~data_pipelines.augmentation.Augmentation`.
     """
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise ValueError(
@@ -181,6 +169,8 @@ def train_batches(
     if n == 0 or len(arrays["label"]) != n:
         raise ValueError(f"need equally many (> 0) images and labels, got {n}, {len(arrays['label'])}")
 
+    if isinstance(augment, bool):
+        augment = augmentation.Augmentation(flips=augment, quarter_turns=augment)
     tf = _tf()
     local = global_batch_size // process_count
     images = tf.convert_to_tensor(arrays["image"])
@@ -194,8 +184,8 @@ def train_batches(
             k % n_t, seed=tf.stack([seed_t, k // n_t]), max_index=n_t - 1
         )
         image, label = tf.gather(images, idx), tf.gather(labels, idx)
-        if augment:
-            image, label = _augment(tf, image, label, tf.stack([seed_t, k]))
+        if augment.active:
+            image, label = augmentation.apply(tf, image, label, augment, tf.stack([seed_t, k]))
         return {"image": image, "label": label}
 
     options = tf.data.Options()

@@ -71,12 +71,16 @@ def checked_cases(config: ml_collections.ConfigDict, progress: bool = True) -> l
 
 def load_splits(config: ml_collections.ConfigDict, progress: bool = True) -> dict[str, list[brats.CaseFiles]]:
     """Finds, checks and splits the labelled cases by patient: train/val/test by `data.split_fractions`, or
-    with `data.folds` = n > 0 cross-validation fold `data.fold` (test = that fold, val = the next)."""
+    with `data.folds` = n > 0 cross-validation fold `data.fold` (test = that fold, val = the next, or
+    `data.fold_val_cases` patients of the other folds)."""
     cases = checked_cases(config, progress)
     d = config.data
     folds = int(d.get("folds", 0) or 0)
     if folds:
-        return case_splits.fold_splits(cases, folds, int(d.get("fold", 0)), seed=d.split_seed)
+        val = int(d.get("fold_val_cases", 0) or 0)
+        return case_splits.fold_splits(
+            cases, folds, int(d.get("fold", 0)), seed=d.split_seed, val_patients=val
+        )
     return case_splits.split_cases(cases, tuple(d.split_fractions), seed=d.split_seed)
 
 

@@ -20,7 +20,7 @@ import optax
 from absl import logging
 from tqdm.auto import tqdm
 
-from data_pipelines import input_pipeline
+from data_pipelines import augmentation, input_pipeline
 from diffseg_jax import inference, modalities, parallel, tasks, tensorflow_import, workdir_lock
 from diffseg_jax.checkpoint import CheckpointError, Checkpoints, init_from, reason
 from diffseg_jax.diffusion import importance
@@ -182,7 +182,7 @@ def _train(
         global_batch_size=t.batch_size,
         seed=config.seed,
         start_step=start,
-        augment=config.data.augment,
+        augment=augmentation.from_config(config.data),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )

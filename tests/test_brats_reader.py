@@ -20,7 +20,7 @@ from data_pipelines.brats import (
     load_case,
     regions_to_labels,
 )
-from data_pipelines.case_splits import split_cases
+from data_pipelines.case_splits import fold_splits, split_cases
 from diffseg_jax.outputs import save_nifti
 
 SHAPE = (8, 8, 6)
@@ -460,6 +460,23 @@ def test_split_few_cases_gets_one_each() -> None:
     assert [len(v) for v in splits.values()] == [1, 1, 1]
     four = split_cases(fake_cases([f"BraTS20_Training_{i:03d}" for i in range(4)]))
     assert [len(v) for v in four.values()] == [2, 1, 1]
+
+
+def test_folds_test_every_case_once_with_a_small_validation_set() -> None:
+    cases = fake_cases([f"Brats18_CBICA_A{i:02d}_1" for i in range(12)])
+    tested = []
+    for fold in range(3):
+        next_fold = fold_splits(cases, 3, fold, seed=1)
+        assert [len(next_fold[s]) for s in ("train", "val", "test")] == [4, 4, 4]
+        small = fold_splits(cases, 3, fold, seed=1, val_patients=1)
+        assert [len(small[s]) for s in ("train", "val", "test")] == [7, 1, 4]
+        assert small["test"] == next_fold["test"]  # the validation choice leaves the test fold as it is
+        ids = [{c.case_id for c in small[s]} for s in ("train", "val", "test")]
+        assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2]) and len(set().union(*ids)) == 12
+        tested += sorted(ids[2])
+    assert sorted(tested) == sorted(c.case_id for c in cases)  # every case tested exactly once
+    with pytest.raises(DataError, match="fold_val_cases=8"):
+        fold_splits(cases, 3, 0, val_patients=8)
 
 
 # ----------------------------------------------------------------------------- writing
