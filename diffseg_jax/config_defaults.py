@@ -205,9 +205,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
         e.batch_size = 8
         e.num_overlays = 1
     elif preset == "real":
-        # Real BraTS on a CPU (docs/results.md, "Real BraTS"): the brain's crop (~160 mm) at 128 px, ~1.25 mm a
-        # pixel; every tumour slice and half as many healthy ones; the augmentation real scans need; 11 of 12
-        # cases trained on by a 9/1/2 split, or 7/1/4 in 3-fold cross-validation (`data.fold_val_cases`).
+        # Real BraTS on a CPU (docs/results.md, "Real BraTS"): the brain's crop (~160 mm) at 128 px, ~1.25 mm
+        # a pixel; every tumour slice and half as many healthy ones; the augmentation real scans need; of 12
+        # cases 9 train by a 9/1/2 split, or 7 in 3-fold cross-validation (7/1/4, `data.fold_val_cases`).
         d.image_size = 128
         d.healthy_fraction = 0.5
         d.split_fractions = (0.75, 0.083, 0.167)
