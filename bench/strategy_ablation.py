@@ -154,7 +154,7 @@ def paired(out: pathlib.Path, variants: list[str], seeds: list[int], test: TestS
     text = ""
     for title, keep in (("all cases", np.ones_like(free)), ("cases with a lesion", ~free)):
         text += (
-            _paired_table(
+            paired_table(
                 variants,
                 {v: {r: a.mean(0)[keep] for r, a in per_variant[v][1].items()} for v in variants},
                 title,
@@ -168,7 +168,7 @@ def paired(out: pathlib.Path, variants: list[str], seeds: list[int], test: TestS
     return text + "Tumour-free cases left empty (case × seed): " + ", ".join(clean) + "\n"
 
 
-def _paired_table(variants: list[str], dice: dict[str, dict[str, np.ndarray]], title: str) -> str:
+def paired_table(variants: list[str], dice: dict[str, dict[str, np.ndarray]], title: str) -> str:
     reference = variants[0]
     header = ["variant", f"minus {reference}, {title}"] + [
         f"{r.upper()} Δ Dice [95% CI], ahead / behind" for r in REGIONS

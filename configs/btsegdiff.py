@@ -5,7 +5,7 @@ Presets (`--config=configs/btsegdiff.py:smoke`, default, `:real`, `:paper`):
 - default: the CPU demo, 64 px on the embedded phantom data, x0-parameterised (converges far faster on a
   short budget; the loss still has both terms, the noise term min-SNR weighted), training steps drawn
   towards high noise (`diffusion.timestep_power = 2`), DDIM 10 steps x 3 samples.
-- real: the default's diffusion on real BraTS scans: 128 px, five levels, real-data augmentation, 1000
+- real: the default's diffusion on real BraTS scans: 128 px, five levels, real-data augmentation, 1600
   steps at 6e-4, DDIM 4 steps x 3 samples (`config_defaults.base_config`).
 - paper: the BTSegDiff paper's diffusion (T = 1000, linear betas, eps-prediction, loss = noise MSE +
   1/2 x0 MSE, S = 3) with MedSegDiff's training recipe that BTSegDiff's code inherits (AdamW 1e-4,

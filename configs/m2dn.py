@@ -4,7 +4,7 @@ Presets (`--config=configs/m2dn.py:smoke`, default, `:real`, `:paper`):
 - smoke: 32 px, a tiny net, 6 steps, DDIM 3 steps; for tests.
 - default: the CPU demo, 64 px on the embedded phantom data, DDIM 10 steps.
 - real: the shared real-BraTS preset (128 px over the brain's crop, five levels, real-data augmentation,
-  1000 steps at 6e-4; `config_defaults.base_config`).
+  1600 steps at 6e-4; `config_defaults.base_config`).
 - paper: T = 1000 linear betas, x0-prediction, MSE on all sequences, the full 1000-step DDPM chain at
   sampling (our reading: the paper does not state its sampler), the shared GPU recipe
   (AdamW 1e-4, batch 8, EMA 0.9999, 100k steps) and axial slices 80-120 at 256 px.

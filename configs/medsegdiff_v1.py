@@ -6,7 +6,7 @@ Presets (`--config=configs/medsegdiff_v1.py:smoke`, default, `:real`, `:paper`):
   default (so the comparison rows differ only in the method), sampled as MedSegDiff does: an ensemble
   of 5 chains fused by the mean (DDIM 10 steps each).
 - real: the shared real-BraTS preset (128 px over the brain's crop, five levels, real-data augmentation,
-  1000 steps at 6e-4; `config_defaults.base_config`), sampled with DDIM 4 steps x 3 samples.
+  1600 steps at 6e-4; `config_defaults.base_config`), sampled with DDIM 4 steps x 3 samples.
 - paper: MedSegDiff's public recipe (its README and train script): 256 px, T = 1000 linear betas,
   eps-prediction, AdamW lr 1e-4, batch 8, EMA 0.9999, ~100k steps; 1000 ancestral DDPM steps x 5
   samples fused by the mean.

@@ -217,10 +217,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
         d.augment_scale = 0.1
         d.augment_intensity_scale = 0.1
         d.augment_intensity_shift = 0.1
-        t.steps = 1000
         t.learning_rate = 6e-4
-        t.checkpoint_every = 250
-        t.eval_every = 250
         t.val_max_slices = 32
         s.num_steps = 4
         s.num_samples = 3
