@@ -302,23 +302,24 @@ def qu_brats(
     brain: np.ndarray,
     thresholds: np.ndarray = QU_BRATS_THRESHOLDS,
 ) -> dict[str, float]:
-    """The QU-BraTS score of one region (Mehta et al., MELBA 2022).
+    """The QU-BraTS score of one region (Mehta et al., MELBA 2022), as the challenge's evaluation computes it.
 
-    At each threshold tau the voxels with uncertainty > tau are filtered out: Dice over the kept voxels (1.0
-    when none of them is in the prediction or the reference), and the ratios of filtered true positives and
-    true negatives (inside the brain). With AUCs over tau / 100, the score is
+    At each threshold tau the voxels with uncertainty > tau are filtered out: Dice over the kept voxels of the
+    whole volume (1.0 when none of them is in the prediction or the reference), and the ratios of filtered
+    true positives and true negatives inside the brain. With AUCs over tau / 100, the score is
     (AUC_Dice + (1 - AUC_FTP) + (1 - AUC_FTN)) / 3: high when confident voxels are right and few right
     voxels are called uncertain.
     """
     pred, ref, brain = (np.asarray(a, bool) for a in (pred, ref, brain))
-    u = np.asarray(uncertainty, np.float64)[brain]
-    p, r = pred[brain], ref[brain]
-    kept = {
-        name: _counts_kept(u[mask], thresholds)
-        for name, mask in (("tp", p & r), ("fp", p & ~r), ("fn", ~p & r), ("tn", ~p & ~r))
+    u_all = np.asarray(uncertainty, np.float64)
+    kept_all = {
+        name: _counts_kept(u_all[mask], thresholds)
+        for name, mask in (("tp", pred & ref), ("fp", pred & ~ref), ("fn", ~pred & ref))
     }
-    denom = 2 * kept["tp"] + kept["fp"] + kept["fn"]
-    dice_at = np.where(denom == 0, 1.0, 2 * kept["tp"] / np.maximum(denom, 1))
+    denom = 2 * kept_all["tp"] + kept_all["fp"] + kept_all["fn"]
+    dice_at = np.where(denom == 0, 1.0, 2 * kept_all["tp"] / np.maximum(denom, 1))
+    u, p, r = u_all[brain], pred[brain], ref[brain]
+    kept = {name: _counts_kept(u[mask], thresholds) for name, mask in (("tp", p & r), ("tn", ~p & ~r))}
     total_tp, total_tn = int((p & r).sum()), int((~p & ~r).sum())
     eps = np.finfo(np.float32).eps
     ftp = (total_tp - kept["tp"]) / (total_tp + eps)

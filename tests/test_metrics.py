@@ -169,22 +169,46 @@ def test_summarize_mean_std_median_ignores_nan():
 
 
 # Uncertainty scores against hand-computed cases. Eight brain voxels: TP at 0-2, an FN at 3, an FP at 4, TN
-# at 5-7 (Dice 0.75); two more voxels outside the brain that must not count.
+# at 5-7; outside the brain an FN (certain) and an FP (uncertain): QU-BraTS counts Dice over the whole volume
+# (the challenge's evaluation), the filtered ratios, UEO and ECE inside the brain only.
 UNC_REF = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0], bool)
 UNC_PRED = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 1], bool)
 UNC_BRAIN = np.array([1] * 8 + [0, 0], bool)
 # Filtering at every threshold below 100 (40 of the 41 points), then the last trapezoid to 100.
 KEPT_BELOW_100 = 0.975
+DICE_ALL_KEPT = 6 / 10  # at tau = 100: TP 3, FN 2 (one outside), FP 2 (one outside)
 
 
 def _unc(values: list[float]) -> np.ndarray:
     return np.array(values + [0.0, 100.0])
 
 
+def _qu_brats_by_definition(pred, ref, unc, brain) -> dict[str, float]:
+    """QU-BraTS written out from its definition, one threshold at a time (independent of metrics.py)."""
+    taus = [100.0 - 2.5 * i for i in range(41)]
+    dice, ftp, ftn = [], [], []
+    for tau in taus:
+        keep = unc <= tau
+        tp, fp, fn = (pred & ref & keep).sum(), (pred & ~ref & keep).sum(), (~pred & ref & keep).sum()
+        dice.append(1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+        tp_b, tn_b = pred & ref & brain, ~pred & ~ref & brain
+        ftp.append((tp_b & ~keep).sum() / max(tp_b.sum(), 1e-7))
+        ftn.append((tn_b & ~keep).sum() / max(tn_b.sum(), 1e-7))
+    x = np.array(taus[::-1]) / 100
+
+    def area(y):
+        y = np.array(y[::-1])
+        return float(sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1)))
+
+    d, t, n = area(dice), area(ftp), area(ftn)
+    return {"qu_dice_auc": d, "qu_ftp_auc": t, "qu_ftn_auc": n, "qu_score": (d + 2 - t - n) / 3}
+
+
 def test_a_perfect_uncertainty_map_scores_highest():
     perfect = _unc([0, 0, 0, 100, 100, 0, 0, 0])  # uncertain exactly where the prediction is wrong
     scores = metrics.qu_brats(UNC_PRED, UNC_REF, perfect, UNC_BRAIN)
-    dice_auc = KEPT_BELOW_100 * 1.0 + 0.025 * (1.0 + 0.75) / 2
+    below = 6 / 7  # below 100 both FPs and the brain's FN are filtered: TP 3, the certain FN outside
+    dice_auc = KEPT_BELOW_100 * below + 0.025 * (below + DICE_ALL_KEPT) / 2
     assert scores["qu_dice_auc"] == pytest.approx(dice_auc)
     assert scores["qu_ftp_auc"] == scores["qu_ftn_auc"] == 0.0
     assert scores["qu_score"] == pytest.approx((dice_auc + 2.0) / 3)
@@ -198,13 +222,32 @@ def test_a_useless_uncertainty_map_is_penalised_by_the_filtered_ratios():
     assert scores["qu_ftp_auc"] == pytest.approx(ratio_auc) and scores["qu_ftn_auc"] == pytest.approx(
         ratio_auc
     )
-    assert scores["qu_score"] == pytest.approx((0.996875 + 2 * (1 - ratio_auc)) / 3)
+    dice_auc = 0.025 * (0.0 + DICE_ALL_KEPT) / 2  # below 100 only the certain FN outside is kept: Dice 0
+    assert scores["qu_score"] == pytest.approx((dice_auc + 2 * (1 - ratio_auc)) / 3)
     assert metrics.uncertainty_error_overlap(UNC_PRED, UNC_REF, everything, UNC_BRAIN) == pytest.approx(0.4)
-    nothing = _unc([0.0] * 8)  # overconfident: nothing is ever filtered, Dice stays 0.75
-    assert metrics.qu_brats(UNC_PRED, UNC_REF, nothing, UNC_BRAIN)["qu_score"] == pytest.approx(2.75 / 3)
+    nothing = _unc([0.0] * 8)  # overconfident: only the uncertain FP outside is ever filtered
+    dice_auc = KEPT_BELOW_100 * (6 / 9) + 0.025 * (6 / 9 + DICE_ALL_KEPT) / 2
+    assert metrics.qu_brats(UNC_PRED, UNC_REF, nothing, UNC_BRAIN)["qu_score"] == pytest.approx(
+        (dice_auc + 2) / 3
+    )
     assert metrics.uncertainty_error_overlap(UNC_PRED, UNC_REF, nothing, UNC_BRAIN) == 0.0
     perfect = metrics.qu_brats(UNC_PRED, UNC_REF, _unc([0, 0, 0, 100, 100, 0, 0, 0]), UNC_BRAIN)
-    assert perfect["qu_score"] > 2.75 / 3 > scores["qu_score"]
+    assert perfect["qu_score"] > (dice_auc + 2) / 3 > scores["qu_score"]
+
+
+def test_qu_brats_equals_its_definition_on_random_volumes():
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        shape = (9, 8, 7)
+        brain = np.zeros(shape, bool)
+        brain[1:8, 1:7, 1:6] = True
+        ref = rng.random(shape) < 0.3
+        pred = ref ^ (rng.random(shape) < 0.2)  # some errors, in and outside the brain
+        unc = np.round(rng.random(shape) * 100 / 2.5) * 2.5  # ties with the thresholds on purpose
+        unc[rng.random(shape) < 0.3] = rng.random() * 100
+        got = metrics.qu_brats(pred, ref, unc, brain)
+        want = _qu_brats_by_definition(pred, ref, unc, brain)
+        assert got == pytest.approx(want, abs=1e-7)
 
 
 def test_expected_calibration_error_by_hand():
