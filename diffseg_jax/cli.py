@@ -56,12 +56,15 @@ def main(mode: str) -> None:
                     sys.exit(stop_signal.EXIT_STOPPED)
                 return
             try:
-                summary = task.evaluate(config.value, workdir.value, True)
+                summary, out_dir = tasks.evaluate(config.value, workdir.value, True)
+            except workdir_lock.WorkdirBusy as err:
+                sys.exit(f"error: {err}")
             except stop_signal.Stopped as err:
                 print(f"{err}; the same command resumes", file=sys.stderr)
                 sys.exit(stop_signal.EXIT_STOPPED)
             for line in task.summary_lines(config.value, summary):
                 print(line)
+            print(f"outputs: {out_dir}")
         except (ConfigError, DataError, FileNotFoundError, CheckpointError) as err:
             sys.exit(f"error: {err}")
         except OSError as err:  # a full disk or a read-only folder: the path and the cause

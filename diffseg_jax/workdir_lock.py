@@ -1,4 +1,4 @@
-"""One training run per workdir: a lock file held for the run's life.
+"""One training run per workdir (and one evaluation per output folder): a lock file held for the run's life.
 
 Two runs writing checkpoints into one folder (a job submitted twice) corrupt each other's saves. The lock is
 an `flock` on `<workdir>/.lock`, which the operating system releases when the process ends however it ends, so
@@ -36,7 +36,9 @@ def _holder(path: pathlib.Path) -> str:
 
 
 @contextlib.contextmanager
-def hold(workdir: str | os.PathLike[str], program: str = "run_train") -> Iterator[pathlib.Path]:
+def hold(
+    workdir: str | os.PathLike[str], program: str = "run_train", rule: str = "one training run per workdir"
+) -> Iterator[pathlib.Path]:
     """Holds `<workdir>/.lock` for the block; raises WorkdirBusy at once if a live process holds it."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -46,9 +48,7 @@ def hold(workdir: str | os.PathLike[str], program: str = "run_train") -> Iterato
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise WorkdirBusy(
-                f"{workdir}: in use by {_holder(path)} (one training run per workdir)"
-            ) from None
+            raise WorkdirBusy(f"{workdir}: in use by {_holder(path)} ({rule})") from None
         handle.seek(0)
         handle.truncate()
         info = {"program": program, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}

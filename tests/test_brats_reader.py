@@ -507,7 +507,7 @@ def test_save_nifti_keeps_geometry(tmp_path: pathlib.Path) -> None:
 
 @pytest.fixture(scope="module")
 def real_volume():
-    require_real_data(REAL_CASE)  # skipped without the real case, failed under CI
+    require_real_data(REAL_CASE)  # without the real case: skipped, and the run fails
     cases = find_cases(REAL_CASE)  # the case folder itself as root
     return cases, load_case(cases[0])
 

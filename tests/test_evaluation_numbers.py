@@ -167,3 +167,29 @@ def test_the_stepwise_uncertainty_on_disk_is_the_samplers_times_e(tmp_path):
     assert not written[~volume.brain].any()
     summary = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= summary["regions"]["wt"]["qu_score"]["mean"] <= 1.0
+
+
+def test_case_records_are_reused_only_for_the_same_network_and_checkpoint(tmp_path):
+    from diffseg_jax.tasks import case_records
+
+    config = _config(tmp_path)
+    calls = []
+
+    def compute(index, name):
+        calls.append(name)
+        return {"row": {"case_id": name}}
+
+    def run(config, step):
+        case_records.CaseRecords(tmp_path, config, step).run(["a", "b"], compute, "evaluating", False)
+
+    run(config, 7)
+    run(config, 7)
+    assert calls == ["a", "b"]  # the second run read both records
+    wider = _config(tmp_path)
+    wider.model.base_features = 16  # another network at the same step
+    run(wider, 7)
+    run(config, 8)  # a newer checkpoint
+    deeper = _config(tmp_path)
+    deeper.diffusion.parameterization = "eps"
+    run(deeper, 8)
+    assert calls == ["a", "b"] * 4

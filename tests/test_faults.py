@@ -54,6 +54,18 @@ def test_a_second_run_on_a_busy_workdir_stops_at_once_naming_the_holder(tmp_path
         pass
 
 
+def test_a_second_evaluation_into_a_busy_output_folder_stops_at_once(tmp_path):
+    from diffseg_jax import tasks
+
+    config = _smoke()
+    config.eval.output_dir = str(tmp_path / "eval")
+    with workdir_lock.hold(tmp_path / "eval", "run_eval"):
+        with pytest.raises(workdir_lock.WorkdirBusy, match="one evaluation per output folder") as err:
+            tasks.evaluate(config, tmp_path / "no-run-here", progress=False)
+    assert f"pid {os.getpid()}" in str(err.value) and "run_eval" in str(err.value)
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [".lock"]  # nothing else written
+
+
 @pytest.fixture()
 def saved_run(tmp_path):
     """checkpoints/ with steps 3 and 6 (EMA parameters all 3.0 and 6.0) and best/ with step 6."""

@@ -1,5 +1,5 @@
 """The PyTorch twins of bench/torch_twins.py are the Flax networks: same parameter count, same outputs,
-losses, gradients and train-step updates (on Flax's weights). Skipped where torch is not installed (CI)."""
+losses, gradients and train-step updates (on Flax's weights). torch comes with the `test` extra."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ import importlib
 import pathlib
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from diffseg_jax.diffusion import process  # noqa: E402
-from diffseg_jax.methods.registry import build_method  # noqa: E402
+from diffseg_jax.diffusion import process
+from diffseg_jax.methods.registry import build_method
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import torch_twin_training  # noqa: E402

@@ -36,7 +36,7 @@ from diffseg_jax import inference, metrics, outputs, parallel
 from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.tasks import anomaly_maps, case_records
-from diffseg_jax.tasks.base import Arrays, Predict, Task, TrainingData
+from diffseg_jax.tasks.base import Arrays, Predict, Task, TrainingData, output_dir
 
 KNOWN_SEQUENCES = ("t1", "t2")
 PREDICT_OUTPUTS = {
@@ -134,7 +134,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Threshold on the validation tumours, score the test tumours and healthy subjects, write outputs."""
     workdir = pathlib.Path(workdir)
-    out_dir = pathlib.Path(config.eval.output_dir) if config.eval.output_dir else workdir / "eval"
+    out_dir = output_dir(config, workdir)
     names = sequences(config)
     splits = anomaly_data.load_anomaly_splits(data_config(config), progress)
     mesh = parallel.make_mesh()

@@ -54,3 +54,8 @@ class Task:
     def selection_label(self) -> str:
         """The selection score as a flat name ('val/dice' -> 'val_dice') for checkpoints and progress bars."""
         return self.selection.replace("/", "_")
+
+
+def output_dir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
+    """Where an evaluation writes: `eval.output_dir`, else <workdir>/eval."""
+    return pathlib.Path(config.eval.output_dir) if config.eval.output_dir else pathlib.Path(workdir) / "eval"

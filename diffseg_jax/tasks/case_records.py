@@ -1,7 +1,7 @@
 """Evaluations that resume case by case: each finished unit of work is recorded, a rerun skips it.
 
 A unit (a case, or a case and a sequence) writes its result to `<out>/cases/<name>.json` together with a
-fingerprint of the checkpoint step and every data, eval and sampling setting. A rerun with the same
+fingerprint of the checkpoint step and the whole config (network included). A rerun with the same
 fingerprint reads the record instead of recomputing it, so an evaluation stopped by SIGTERM/SIGINT (after the
 unit it is on: `stop_signal.Stopped`) or killed resumes where it was; a changed setting or a newer checkpoint
 recomputes everything. Tables (metrics.json, per_case.csv) are written only once every unit is finished.
@@ -24,9 +24,9 @@ Record = dict[str, Any]
 
 
 def fingerprint(config: ml_collections.ConfigDict, step: int) -> str:
-    """What a finished unit's result depends on: the checkpoint and every eval, sampling and data setting."""
-    parts = [step, config.method, config.seed, config.data.to_dict(), config.eval.to_dict()]
-    parts.append(config.get("sampling", ml_collections.ConfigDict()).to_dict())
+    """What a finished unit's result depends on: the checkpoint step and the whole config (the network, the
+    diffusion, and every data, eval and sampling setting)."""
+    parts = [step, config.to_dict()]
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

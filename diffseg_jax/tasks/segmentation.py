@@ -25,7 +25,7 @@ from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.base import binary_entropy
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.tasks import case_records, tables
-from diffseg_jax.tasks.base import Arrays, Predict, Task, TrainingData
+from diffseg_jax.tasks.base import Arrays, Predict, Task, TrainingData, output_dir
 from diffseg_jax.tasks.fill_in import FillIn, make_fill_in
 
 PREDICT_OUTPUTS = {
@@ -158,7 +158,7 @@ def evaluate(
     `eval.available='each'` evaluates all 15 non-empty subsets of the sequences instead (`evaluate_subsets`).
     """
     workdir = pathlib.Path(workdir)
-    out_dir = pathlib.Path(config.eval.output_dir) if config.eval.output_dir else workdir / "eval"
+    out_dir = output_dir(config, workdir)
     each = config.eval.get("available", "") == "each"
     try:
         if not each:

@@ -29,7 +29,7 @@ from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.modalities import MODALITIES, all_subsets, availability_vector
 from diffseg_jax.tasks import case_records, segmentation
-from diffseg_jax.tasks.base import Arrays, Predict, Task
+from diffseg_jax.tasks.base import Arrays, Predict, Task, output_dir
 
 PREDICT_OUTPUTS = {
     "synthesis": "[B, H, W, 4] the input's sequences where available, the synthesised ones where missing",
@@ -119,7 +119,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Synthesises every missing pattern of the test cases, scores it and the baseline, writes outputs."""
     workdir = pathlib.Path(workdir)
-    out_dir = pathlib.Path(config.eval.output_dir) if config.eval.output_dir else workdir / "eval"
+    out_dir = output_dir(config, workdir)
     mesh = parallel.make_mesh()
     method = build_method(config)
     params, step = restore_params(config, workdir, method, mesh, sources.example_slices(config))
