@@ -261,3 +261,13 @@ def test_the_condition_head_sums_the_chosen_levels_1x1_logits_at_full_size():
         np.testing.assert_allclose(
             np.asarray(head.apply({"params": params}, features)), want, rtol=1e-5, atol=1e-5
         )
+
+
+def test_recycling_with_eps_prediction_is_refused_in_one_line():
+    from diffseg_jax.config_defaults import ConfigError
+
+    config = _smoke_16px(recycling="xt", parameterization="eps")
+    with pytest.raises(ConfigError, match=r"recycling needs diffusion.parameterization='x0'") as err:
+        build_method(config)
+    assert "\n" not in str(err.value)
+    build_method(_smoke_16px(recycling="", parameterization="eps"))  # eps alone is fine

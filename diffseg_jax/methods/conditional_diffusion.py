@@ -90,6 +90,13 @@ def build_conditional_diffusion(
         raise ValueError(f"unknown sampling.fusion {s.fusion!r}; expected one of {FUSIONS}")
     if d.get("recycling", "") not in ("", "xT", "xt"):
         raise ValueError(f"unknown diffusion.recycling {d.recycling!r}; expected '', 'xT' or 'xt'")
+    if d.get("recycling", "") and d.parameterization == "eps":
+        # x_t built from the estimate, the target the reference: the noise target is eps plus
+        # sqrt(SNR(t)) (x0_hat - x0), unbounded as t -> 0 (the unclipped x0 term's blow-up, in another form)
+        raise ValueError(
+            "diffusion.recycling needs diffusion.parameterization='x0': with 'eps' the noise target grows "
+            "like sqrt(SNR(t)) at small t"
+        )
     importance_sampling = bool(d.get("importance_sampling", False))
     if importance_sampling and d.timestep_power != 1.0:
         raise ValueError(
