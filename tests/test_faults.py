@@ -234,6 +234,28 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(saved_run, monke
     assert int(_resume(Checkpoints(workdir / "checkpoints", max_to_keep=None), state).step) == 6
 
 
+def test_a_full_disk_after_the_temporary_folder_exists_keeps_the_previous_checkpoint(saved_run, monkeypatch):
+    """ENOSPC once orbax has written the step into its temporary folder (at the rename that commits it)."""
+    from orbax.checkpoint._src.path import atomicity
+
+    config, method, state, workdir = saved_run
+    latest = Checkpoints(workdir / "checkpoints", max_to_keep=None)
+
+    async def full_disk(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", full_disk)
+    with pytest.raises(OSError) as err:
+        latest.save(9, state)
+    monkeypatch.undo()
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(workdir / "checkpoints" / "9")
+    left = [p.name for p in (workdir / "checkpoints").iterdir() if p.name.startswith("9")]
+    assert left and all("tmp" in name for name in left)  # the fault came after the temporary folder
+    resumed = Checkpoints(workdir / "checkpoints", max_to_keep=None, cleanup_tmp=True)
+    assert resumed.all_steps() == [3, 6] and int(_resume(resumed, state).step) == 6
+    assert not any(p.name.startswith("9") for p in (workdir / "checkpoints").iterdir())  # cleaned up
+
+
 class _Abort(BaseException):
     """Stands for `kill -9`: the run ends at once, nothing after this point runs (no save, no cleanup)."""
 
@@ -369,3 +391,16 @@ def test_kill_9_and_a_second_run_through_the_cli(cli, tmp_path):
             jax.tree.leaves(getattr(got, field)), jax.tree.leaves(getattr(want, field)), strict=True
         ):
             np.testing.assert_array_equal(a, b, err_msg=field)
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_the_handlers_are_restored():
+    before = signal.getsignal(signal.SIGINT)
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with stop_signal.StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)  # the first: a request, work goes on
+            reached.append(stop.requested)
+            os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+            reached.append("not interrupted")
+    assert reached == [True]
+    assert signal.getsignal(signal.SIGINT) is before
