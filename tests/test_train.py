@@ -24,6 +24,7 @@ from diffseg_jax import parallel
 from diffseg_jax.checkpoint import Checkpoints
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.stop_signal import EXIT_STOPPED
+from diffseg_jax.tasks import segmentation
 from diffseg_jax.train import TrainingDiverged, make_train_step, train_and_evaluate
 from diffseg_jax.train_state import create_train_state, learning_rate_schedule
 
@@ -156,12 +157,21 @@ def test_loss_falls_when_overfitting_a_tiny_batch(config_module):
     def mean_loss(params):  # same timesteps and noise before and after: a fair comparison
         return float(np.mean([loss(params, k) for k in keys]))
 
-    before = mean_loss(state.params)
+    predict = jax.jit(method.predict)
+
+    def dice(params) -> float:  # the segmentation the evaluation would write, region by region
+        prob = np.asarray(predict(params, jbatch["image"], jax.random.PRNGKey(7))["prob"])
+        return float(segmentation.slice_dice(prob, batch["label"]).mean())
+
+    before, dice_before = mean_loss(state.params), dice(state.params)
     step_fn = make_train_step(method, config, mesh)
     for _ in range(60):
         state, metrics = step_fn(state, parallel.global_batch(mesh, batch))
     after = mean_loss(state.params)
     assert after < 0.5 * before, (before, after)
+    dice_after = dice(state.params)  # learnt: above a floor that the untrained net and all-background fail
+    all_background = float(segmentation.slice_dice(np.zeros_like(batch["label"]), batch["label"]).mean())
+    assert dice_after >= 0.7 > max(dice_before, all_background), (dice_before, dice_after)
 
 
 def _unet_diverging(**train):
