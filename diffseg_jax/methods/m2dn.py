@@ -57,7 +57,7 @@ def synthesize(
 
     `denoise(m_t, t [B]) -> x0 estimate`. DDIM (K steps) or DDPM (every step), one `lax.scan`.
     """
-    steps = samplers.sampling_timesteps(schedule.num_steps, None if method == "ddpm" else num_steps)
+    steps = samplers.visited_steps(schedule, method, num_steps)
     prev = np.concatenate([steps[1:], np.array([-1], np.int32)])
     init_key, loop_key = jax.random.split(key)
     hole = missing.astype(bool)[:, None, None, :]
@@ -85,9 +85,8 @@ def build(config: ml_collections.ConfigDict) -> Method:
     d, s = config.diffusion, config.sampling
     if d.parameterization != "x0":
         raise ValueError(f"m2dn predicts x0 (diffusion.parameterization='x0'), got {d.parameterization!r}")
-    if s.method not in ("ddim", "ddpm"):
-        raise ValueError(f"unknown sampling.method {s.method!r}; expected 'ddpm' or 'ddim'")
     schedule = make_schedule(d.schedule, d.num_steps)
+    samplers.visited_steps(schedule, s.method, s.num_steps)  # an unknown sampler fails here, in one line
     model, apply, init = _network(config)
 
     def loss(params, batch, key):
