@@ -34,18 +34,11 @@ from nibabel.spatialimages import HeaderDataError
 from data_pipelines import brain as brain_lib
 from data_pipelines import conventions
 from data_pipelines.conventions import Convention
+from diffseg_jax.vocabulary import MODALITIES, DataError, sequence_name
 
-MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 LABEL_VALUES: dict[str, tuple[int, ...]] = {name: c.values for name, c in conventions.KNOWN.items()}
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
-# How datasets spell each sequence (lower case, letters and digits only).
-_SEQUENCE_SPELLINGS = {
-    "t1": ("t1", "t1w", "t1n", "native", "t1native"),
-    "t1ce": ("t1ce", "t1c", "t1gd", "t1post", "t1contrast", "t1gad", "t1km"),
-    "t2": ("t2", "t2w"),
-    "flair": ("flair", "t2flair", "t2f"),
-}
 _BRATS2023_TAGS = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 # <case><separator><tag>.nii(.gz): the last "_" or "-" before the tag separates it from the case id.
 _CASE_FILE = re.compile(r"(?P<case>.+)(?P<sep>[_-])(?P<tag>[A-Za-z0-9]+)\.nii(?:\.gz)?")
@@ -58,16 +51,6 @@ LOOKED_FOR = (
     "release does (t1/t1ce/t2/flair, t1n/t1c/t2w/t2f, T1/T1c/T2/FLAIR, ...), e.g. "
     "Brats18_2013_2_1/Brats18_2013_2_1_t1.nii.gz or BraTS-GLI-00000-000/BraTS-GLI-00000-000-t1n.nii.gz"
 )
-
-
-def sequence_name(text: str) -> str | None:
-    """The project's name (t1, t1ce, t2, flair) of a sequence as datasets spell it (T1w, t1gd, FLAIR, ...)."""
-    key = re.sub(r"[^a-z0-9]", "", text.lower())
-    return next((name for name, spellings in _SEQUENCE_SPELLINGS.items() if key in spellings), None)
-
-
-class DataError(ValueError):
-    """Bad data on disk; the message is one line naming the file (or folder) and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import brats, case_check, case_splits, input_pipeline, layouts, phantom, slices
-from diffseg_jax.config_defaults import ConfigError
+from diffseg_jax.vocabulary import ConfigError, parse_available
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -37,8 +37,6 @@ def dataset_root(config: ml_collections.ConfigDict, progress: bool = True) -> pa
 
 def available(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
     """`data.available` ('t1,flair') as names; None = all four sequences must exist."""
-    from diffseg_jax.modalities import parse_available
-
     text = config.data.get("available", "")
     if not text:
         return None

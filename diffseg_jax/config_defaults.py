@@ -11,11 +11,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from diffseg_jax.vocabulary import ConfigError as ConfigError  # re-exported
+
 PRESETS = ("smoke", "", "real", "paper")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run (unknown task, method or preset); the message is one line."""
 
 
 def parse_preset(arg: str | None) -> str:

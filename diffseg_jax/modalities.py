@@ -13,18 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
-
-
-def parse_available(text: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
-    """'t1,flair' (the command-line form) or a sequence of names -> names in MODALITIES order."""
-    if text is None or text == "":
-        return MODALITIES
-    names = [s.strip().lower() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
-    unknown = [n for n in names if n not in MODALITIES]
-    if not names or unknown or len(set(names)) != len(names):
-        raise ValueError(f"available={text!r}: expected distinct names from {', '.join(MODALITIES)}")
-    return tuple(m for m in MODALITIES if m in names)
+from diffseg_jax.vocabulary import MODALITIES as MODALITIES  # re-exported
+from diffseg_jax.vocabulary import parse_available as parse_available
 
 
 def all_subsets() -> list[tuple[str, ...]]:
