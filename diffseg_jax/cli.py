@@ -44,7 +44,7 @@ def main(mode: str) -> None:
                 from diffseg_jax import train  # TensorFlow (tf.data, TensorBoard) loads with it
 
                 try:
-                    state = train.train_and_evaluate(config.value, workdir.value)
+                    state = train.train_and_evaluate(config.value, workdir.value, task=task)
                 except (train.TrainingDiverged, CheckpointError, workdir_lock.WorkdirBusy) as err:
                     sys.exit(f"error: {err}")
                 if int(state.step) < config.value.train.steps:

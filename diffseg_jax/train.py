@@ -27,6 +27,7 @@ from diffseg_jax.diffusion import importance
 from diffseg_jax.methods.base import Method
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.stop_signal import StopRequest
+from diffseg_jax.tasks.base import Task
 from diffseg_jax.train_state import TrainState, create_train_state, ema_decay
 
 
@@ -104,17 +105,19 @@ def train_and_evaluate(
     workdir: str | pathlib.Path,
     progress: bool = True,
     stop_after: int | None = None,
+    task: Task | None = None,
 ) -> TrainState:
     """Trains `config.method` to `config.train.steps`, resuming from the latest checkpoint in workdir.
 
     `stop_after` (default: `train.stop_after`, 0 = never) ends this run with a checkpoint after that many
-    steps, as a preemption would; the next call resumes where it stopped.
+    steps, as a preemption would; the next call resumes where it stopped. `task`: the config's task when the
+    caller has it already (the programs look it up first, to report an unknown task before anything starts).
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lock = workdir_lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock, StopRequest() as stop:
-        return _train(config, workdir, progress, stop_after, stop)
+        return _train(config, workdir, progress, stop_after, stop, task or tasks.get_task(config))
 
 
 def _resume(latest: Checkpoints, state: TrainState) -> TrainState:
@@ -144,13 +147,13 @@ def _train(
     progress: bool,
     stop_after: int | None,
     stop: StopRequest,
+    task: Task,
 ) -> TrainState:
     t = config.train
     if stop_after is None:
         stop_after = t.get("stop_after", 0) or None
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(t.batch_size, mesh)
-    task = tasks.get_task(config)
     method = build_method(config)
 
     data = task.prepare_training(config, progress)
