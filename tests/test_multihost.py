@@ -44,9 +44,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(devices: int, **extra: str) -> dict[str, str]:
+def _env(devices: int, cache: pathlib.Path, **extra: str) -> dict[str, str]:
+    """`cache`: this process id's own compilation cache (two processes compiling at once must not share cache
+    files; the resumed run's process of the same id reads what the first run compiled)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env["DIFFSEG_COMPILATION_CACHE"] = "0"  # two processes compiling at once must not share cache files
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
     kept = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG)]
     env["XLA_FLAGS"] = " ".join([*kept, f"{DEVICE_COUNT_FLAG}={devices}"])
     env.update(extra)
@@ -73,7 +75,7 @@ def _train(
     logs: list[pathlib.Path] = []
     try:
         for pid in range(processes):
-            env = _env(devices)
+            env = _env(devices, workdir.parent / f"xla-{workdir.name}-process{pid}")
             if processes > 1:
                 env.update(
                     JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
