@@ -10,6 +10,8 @@ run goes through run_train.py and run_eval.py into <out>/<method>/fold<k>; finis
 are reused, so the table can be built over several sittings. Written to <out>/real_brats.md and
 <out>/results.json: WT/TC/ET Dice and HD95 (mean ± sd over the cases, and per case), seconds per training
 step and per case, and, case by case, each method minus the first with a 95% bootstrap interval.
+`--external`: each method's model of the fold that tested Brats18_2013_20_1 (the same patient as one external
+case, so it never trained on it) also segments the four BraTS 2013 cases with T1 and T2 absent.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from strategy_ablation import paired_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real" / "brats2018-twelve"
+EXTERNAL = ROOT.parent / "shared" / "real" / "brats2013-two-sequences"
+EXTERNAL_LAYOUT = ROOT / "configs" / "layouts" / "brats2013_two_sequences.json"
+SAME_PATIENT = "Brats18_2013_20_1"  # = brats_2013_pat0006_1 of the external set
 METHODS = ("unet_baseline", "btsegdiff", "medsegdiff_v1", "medsegdiff_v2", "shaspec")
 
 
@@ -58,6 +63,31 @@ def fold_run(out: pathlib.Path, method: str, fold: int, args: argparse.Namespace
     if not (eval_dir / "per_case.csv").exists():
         evaluation = [f"--config.eval.output_dir={eval_dir}", *args.eval_args.split()]
         _run("run_eval.py", method, args.preset, [f"--workdir={workdir}", *data, *evaluation])
+    return eval_dir
+
+
+def external_run(out: pathlib.Path, method: str, folds: int, args: argparse.Namespace) -> pathlib.Path:
+    """The BraTS 2013 cases (T1c + FLAIR) segmented by the fold model that never trained on their patient."""
+    fold = next(
+        k
+        for k in range(folds)
+        if SAME_PATIENT in (out / method / f"fold{k}" / "eval" / "per_case.csv").read_text()
+    )
+    workdir = out / method / f"fold{fold}"
+    eval_dir = workdir / "eval_brats2013"
+    if not (eval_dir / "per_case.csv").exists():
+        evaluation = [
+            f"--config.data.root={args.root}",
+            f"--config.data.folds={args.folds}",
+            f"--config.data.fold={fold}",
+            f"--config.eval.data_root={EXTERNAL}",
+            f"--config.eval.layout={EXTERNAL_LAYOUT}",
+            "--config.data.available=t1ce,flair",
+            f"--config.eval.output_dir={eval_dir}",
+            *args.train_args.split(),
+            *args.eval_args.split(),
+        ]
+        _run("run_eval.py", method, args.preset, [f"--workdir={workdir}", *evaluation])
     return eval_dir
 
 
@@ -138,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=0, help="training steps; 0 = the preset's")
     parser.add_argument("--train-args", default="", help="extra run_train (and run_eval) flags")
     parser.add_argument("--eval-args", default="", help="extra run_eval flags")
+    parser.add_argument("--external", action="store_true", help="also the BraTS 2013 cases, T1 and T2 absent")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out).resolve()
     methods = args.methods.split(",")
@@ -145,8 +176,17 @@ def main(argv: list[str] | None = None) -> None:
         for method in methods:
             fold_run(out, method, fold, args)
     results = {method: method_result(out, method, args.folds) for method in methods}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown(results)
+    if args.external:
+        lines = ["| method | external cases | WT Dice | TC Dice | ET Dice |", "|---|---|---|---|---|"]
+        for method in methods:
+            rows = read_cases([external_run(out, method, args.folds, args)])
+            dice = {r: np.array([float(x[f"{r}_dice"]) for x in rows]) for r in REGIONS}
+            results[method]["external"] = {r: v.tolist() for r, v in dice.items()}
+            cells = [f"{dice[r].mean():.3f} ± {dice[r].std():.3f}" for r in REGIONS]
+            lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
+        table += "\nBraTS 2013 cases, T1c + FLAIR only (T1 and T2 absent):\n\n" + "\n".join(lines) + "\n"
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "real_brats.md").write_text(table)
     print(table)
 
