@@ -20,14 +20,34 @@ def main(mode: str) -> None:
     except ValueError as err:  # a malformed DIFFSEG_* variable: one line, not a traceback
         sys.exit(f"error: {err}")
     from absl import app, flags
+    from absl import logging as absl_logging
     from ml_collections import config_flags
 
+    from diffseg_jax import command_line
+
+    program = "run_train.py" if mode == "train" else "run_eval.py"
+    if any(arg in ("--help", "-h", "-?", "--helpshort") for arg in sys.argv[1:]):
+        doc = sys.modules["__main__"].__doc__ or program
+        print(command_line.HELP.format(doc=doc.strip(), program=program))
+        sys.exit(0)
     config = config_flags.DEFINE_config_file("config", None, "Method config file (configs/*.py).")
     workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
-    flags.mark_flags_as_required(["config", "workdir"])
+    print_config = flags.DEFINE_bool("print_config", False, "Print the resolved config and exit.")
+    flags.mark_flags_as_required(["config"])
 
     def run(argv):
         del argv
+        try:  # a config file that failed to load gives a stand-in that raises on first use
+            config.value.to_dict()
+        except Exception as err:  # noqa: BLE001 - any failure of the user's config file: one line
+            sys.exit(f"error: {command_line.config_load_error(sys.argv[1:], err)}")
+        if print_config.value:
+            print(config.value)
+            return
+        if not workdir.value:
+            sys.exit(f"error: {program} needs --workdir=<folder>")
+        if not flags.FLAGS["verbosity"].present:  # library INFO lines only on request
+            absl_logging.get_absl_handler().addFilter(command_line.ProjectInfoOnly())
         from data_pipelines.brats import DataError
         from diffseg_jax import parallel, stop_signal, tasks, workdir_lock
         from diffseg_jax.checkpoint import CheckpointError
@@ -75,10 +95,13 @@ def main(mode: str) -> None:
         try:
             return flags.FLAGS(argv)
         except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
+            unknown = command_line.unknown_field(argv[1:])
+            if unknown:
+                sys.exit(f"error: {unknown}")
             text = str(err).replace("\\n", "\n").replace("\\'", "'")
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             # A config file that raised comes with its traceback inside the message: keep its last line.
-            message = lines[-1] if "Traceback" in text else " ".join(lines)
+            message = command_line.strip_class_path(lines[-1] if "Traceback" in text else " ".join(lines))
             sys.exit(f"error: bad command line: {message}")
 
     app.run(run, flags_parser=parse_flags)

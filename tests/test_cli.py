@@ -111,17 +111,40 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, cli):
     assert "no checkpoint" in result.stderr.strip().splitlines()[-1]
 
 
-def test_unknown_config_key_is_one_line(tmp_path, cli):
-    result = cli(
-        "run_train.py",
-        SMOKE,
-        f"--workdir={tmp_path}",
-        "--config.train.stepz=3",
-        check=False,
-    )
+def test_unknown_config_key_is_one_line_naming_the_nearest_field(tmp_path, cli):
+    result = cli("run_train.py", SMOKE, f"--workdir={tmp_path}", "--config.train.stepz=3", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: bad command line") and "steps" in last
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: unknown config field config.train.stepz; did you mean config.train.steps?"
+    )
+
+
+def test_command_line_messages_name_the_field_or_file_without_class_paths():
+    from diffseg_jax import command_line
+
+    smoke = ["--config=configs/btsegdiff.py:smoke"]
+    assert command_line.unknown_field([*smoke, "--config.trian.steps=2"]) == (
+        "unknown config field config.trian.steps; did you mean config.train?"
+    )
+    assert command_line.unknown_field([*smoke, "--config.train.steps=2", "--config.eval.zzz=1"]).startswith(
+        "unknown config field config.eval.zzz; config.eval has available, batch_size, "
+    )
+    assert command_line.unknown_field([*smoke, "--config.train.steps=2"]) is None  # every field exists
+    message = "diffseg_jax.vocabulary.ConfigError: unknown preset 'x'; expected one of smoke"
+    assert command_line.strip_class_path(message) == "unknown preset 'x'; expected one of smoke"
+    assert command_line.strip_class_path("ValueError: boom") == "boom"
+    missing = command_line.config_load_error(["--config=configs/nothere.py"], OSError("earlier failure"))
+    assert missing == "--config: no config file configs/nothere.py"
+
+
+def test_help_exits_0_and_print_config_shows_the_resolved_fields(cli):
+    result = cli("run_train.py", "--help")
+    assert "--print_config" in result.stdout and "real" in result.stdout
+    printed = cli(
+        "run_eval.py", "--config=configs/btsegdiff.py:real", "--config.train.steps=7", "--print_config"
+    )
+    assert "image_size: 128" in printed.stdout and "steps: 7" in printed.stdout
+    assert "fold_val_cases: 1" in printed.stdout
 
 
 def test_unknown_task_is_one_line_listing_the_known_ones(tmp_path, cli):

@@ -8,7 +8,6 @@ segmenter can then be one trained on all four sequences only.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 from collections.abc import Callable
 
@@ -17,26 +16,16 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import sources
-from diffseg_jax import inference
+from diffseg_jax import config_files, inference
 from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 FillIn = Callable[[np.ndarray, jax.Array], np.ndarray]
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """'configs/m2dn.py' or 'configs/m2dn.py:smoke' (as --config takes it) -> the ConfigDict."""
-    path_text, _, preset = spec.partition(":")
-    path = pathlib.Path(path_text)
-    if not path.is_file() and (ROOT / path).is_file():
-        path = ROOT / path
-    if not path.is_file():
-        raise FileNotFoundError(f"eval.fill_in_config: no config file {path_text}")
-    spec_obj = importlib.util.spec_from_file_location(f"_fill_in_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec_obj)
-    spec_obj.loader.exec_module(module)
-    return module.get_config(preset or None)
+    return config_files.load_config(spec, "eval.fill_in_config")
 
 
 def make_fill_in(config: ml_collections.ConfigDict, mesh) -> FillIn | None:

@@ -1,0 +1,103 @@
+"""What the two programs say about their command line: help, a bad override, and which log lines show.
+
+A mistyped field is named by its full path with the nearest field that exists; an error raised by a config
+file comes without its class path; library INFO lines (orbax, JAX, TensorFlow) stay quiet unless
+`--verbosity` asks for them, while the project's own lines and the training scalars stay.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from collections.abc import Sequence
+
+import ml_collections
+
+from diffseg_jax import config_files
+
+HELP = """{doc}
+
+Usage: python {program} --config=configs/<method>.py[:<preset>] --workdir=<folder>
+         [--config.<field>=<value> ...]
+
+Presets: smoke | default | real | paper. Every config field is a flag (--config.train.steps=200);
+--print_config prints every field with the preset and the overrides applied, then exits.
+--verbosity=0 shows the libraries' INFO lines too; --helpfull lists absl's own flags.
+"""
+
+_CLASS_PREFIX = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception): ")
+
+
+def strip_class_path(message: str) -> str:
+    """'diffseg_jax.vocabulary.ConfigError: unknown preset' -> 'unknown preset'."""
+    return _CLASS_PREFIX.sub("", message.strip())
+
+
+def _overrides(argv: Sequence[str]) -> list[str]:
+    """The dotted field paths that `--config.<path>=value` arguments set, in order."""
+    paths = []
+    for arg in argv:
+        match = re.match(r"--config\.([^=]+)", arg)
+        if match:
+            paths.append(match.group(1))
+    return paths
+
+
+def _config_spec(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def unknown_field(argv: Sequence[str]) -> str | None:
+    """One line naming the first override whose field does not exist, with the nearest one that does."""
+    spec = _config_spec(argv)
+    if spec is None:
+        return None
+    try:
+        config = config_files.load_config(spec)
+    except Exception:  # the config itself is broken: the original message says more
+        return None
+    for path in _overrides(argv):
+        node: object = config
+        parts = path.split(".")
+        for depth, name in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict):
+                break
+            if name not in node:
+                known = sorted(node.keys())
+                prefix = ".".join(parts[:depth])
+                near = difflib.get_close_matches(name, known, n=1)
+                where = f"{prefix}." if prefix else ""
+                hint = (
+                    f"; did you mean config.{where}{near[0]}?"
+                    if near
+                    else f"; config{'.' + prefix if prefix else ''} has {', '.join(known)}"
+                )
+                return f"unknown config field config.{path}{hint}"
+            node = node[name]
+    return None
+
+
+class ProjectInfoOnly(logging.Filter):
+    """Passes warnings and errors, and INFO lines of this project (and the training scalars clu logs)."""
+
+    OWN = ("/diffseg_jax/", "/data_pipelines/", "/bench/", "clu/metric_writers/logging_writer")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or any(part in record.pathname for part in self.OWN)
+
+
+def config_load_error(argv: Sequence[str], err: BaseException) -> str:
+    """One line for a config file that failed to load: its own error, without paths of classes."""
+    spec = _config_spec(argv)
+    if spec is not None:
+        try:
+            config_files.load_config(spec)
+        except Exception as direct:  # noqa: BLE001 - whatever the file raised
+            return strip_class_path(str(direct).strip().splitlines()[-1])
+    return strip_class_path(str(err).strip().splitlines()[-1])

@@ -1,0 +1,28 @@
+"""Config files as `--config` names them (`configs/btsegdiff.py:real`), loaded without absl's flags.
+
+For what reads a config outside the programs' flag parsing: the fill-in route's second config, and the
+command line's explanation of a bad override (which needs the config the override failed on).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(spec: str, what: str = "--config") -> ml_collections.ConfigDict:
+    """'configs/m2dn.py' or 'configs/m2dn.py:smoke' -> the ConfigDict (paths relative to here or the repo)."""
+    path_text, _, preset = spec.partition(":")
+    path = pathlib.Path(path_text)
+    if not path.is_file() and (ROOT / path).is_file():
+        path = ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no config file {path_text}")
+    spec_obj = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec_obj)
+    spec_obj.loader.exec_module(module)
+    return module.get_config(preset or None)
