@@ -20,7 +20,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffseg_jax.models.layers import Downsample, TimeEmbedding, res_block_type
+from diffseg_jax.models.layers import TimeEmbedding, res_block_type
 from diffseg_jax.models.ssm import MambaBlock
 from diffseg_jax.models.unet import Bottleneck, Decoder, UNetShape, check_divisible, level_features
 
@@ -82,13 +82,7 @@ class ReconstructionUNet(UNetShape):
             raise ValueError("pass t exactly when the network is time-conditioned")
         feats = level_features(self.base_features, self.multipliers)
         temb = TimeEmbedding(self.base_features)(t) if t is not None else None
-        h = nn.Conv(feats[0], (3, 3))(x)
-        skips = []
-        for level, encoder_level in enumerate(self.encoder_levels(feats)):
-            h = encoder_level(h, temb, train)
-            skips.append(h)
-            if level < len(feats) - 1:
-                h = Downsample(feats[level + 1])(h)
+        h, skips = self.encode(nn.Conv(feats[0], (3, 3))(x), feats, temb, train)
         h = Bottleneck(feats[-1], self.dropout, self.remat)(h, temb, train)
         if self.modality_aware:
             h = ModalityAwareModule(self.num_prompts, self.mamba_state, self.dropout)(h, temb, train)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffseg_jax.models.layers import Downsample, TimeEmbedding, Upsample, groups_for
+from diffseg_jax.models.layers import TimeEmbedding, Upsample, groups_for
 from diffseg_jax.models.unet import Bottleneck, Decoder, UNetShape, check_divisible, level_features
 
 
@@ -67,12 +67,7 @@ class M2DNNet(UNetShape):
         attended = SqueezeExcitation(name="channel_attention")(jnp.concatenate(encoded, axis=-1))
         h = nn.Conv(feats[0], (1, 1), name="fuse")(attended)
 
-        skips = []
-        for level, encoder_level in enumerate(self.encoder_levels(feats)):
-            h = encoder_level(h, temb, train)
-            skips.append(h)
-            if level < len(feats) - 1:
-                h = Downsample(feats[level + 1])(h)
+        h, skips = self.encode(h, feats, temb, train)
         b, hh, ww, _ = h.shape
         tiled = jnp.broadcast_to(code[:, None, None, :], (b, hh, ww, code.shape[-1])).astype(h.dtype)
         h = Bottleneck(feats[-1], self.dropout, self.remat)(jnp.concatenate([h, tiled], axis=-1), temb, train)

@@ -106,6 +106,19 @@ class UNetShape(nn.Module):
             for i, f in enumerate(feats)
         ]
 
+    def encode(
+        self, h: jnp.ndarray, feats: Sequence[int], temb: jnp.ndarray | None, train: bool
+    ) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+        """The encoder of a compact U-Net: each level, its output kept as a skip, then a strided downsample
+        (none after the deepest). Returns (the deepest features, the skips)."""
+        skips = []
+        for level, encoder_level in enumerate(self.encoder_levels(feats)):
+            h = encoder_level(h, temb, train)
+            skips.append(h)
+            if level < len(feats) - 1:
+                h = Downsample(feats[level + 1])(h)
+        return h, skips
+
 
 class UNet(UNetShape):
     """Plain deterministic U-Net on the sequences: the baseline a diffusion model must beat.
@@ -120,13 +133,7 @@ class UNet(UNetShape):
     def __call__(self, image: jnp.ndarray, train: bool = False) -> jnp.ndarray | dict[str, jnp.ndarray]:
         check_divisible(image.shape[1], len(self.multipliers))
         feats = level_features(self.base_features, self.multipliers)
-        h = nn.Conv(feats[0], (3, 3))(image)
-        skips = []
-        for level, encoder_level in enumerate(self.encoder_levels(feats)):
-            h = encoder_level(h, None, train)
-            skips.append(h)
-            if level < len(feats) - 1:
-                h = Downsample(feats[level + 1])(h)
+        h, skips = self.encode(nn.Conv(feats[0], (3, 3))(image), feats, None, train)
         semantic = Bottleneck(feats[-1], self.dropout, self.remat)(h, None, train)
         attn = tuple(self.attention_levels)
         decoder = Decoder(feats, attn, self.num_res_blocks, self.out_channels, self.dropout, self.remat)
