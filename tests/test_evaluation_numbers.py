@@ -72,7 +72,7 @@ def _reference_regions(volume: brats.CaseVolume) -> np.ndarray:
 def test_a_predictor_returning_the_reference_scores_perfectly(tmp_path):
     given = {}
 
-    def segment(volume, config, key):
+    def segment(volume, available, key):
         given["uncertainty"] = np.random.default_rng(1).random((*SHAPE, 3)).astype(np.float32)
         return {"prob": _reference_regions(volume), "uncertainty": given["uncertainty"]}
 
@@ -90,7 +90,7 @@ def test_a_predictor_returning_the_reference_scores_perfectly(tmp_path):
 
 
 def test_a_predictor_off_by_one_voxel_scores_what_the_metrics_give(tmp_path):
-    def segment(volume, config, key):
+    def segment(volume, available, key):
         return {"prob": np.roll(_reference_regions(volume), 1, axis=0), "uncertainty": np.zeros((*SHAPE, 3))}
 
     summary, rows, _ = _evaluate(tmp_path, segment)
@@ -130,8 +130,8 @@ def test_the_stepwise_uncertainty_on_disk_is_the_samplers_times_e(tmp_path):
     mesh = parallel.make_mesh()
     predict_fn = inference.make_predict_fn(method, mesh)
 
-    def segment(volume, sub_config, key):
-        return segmentation.segment_volume(predict_fn, params, volume, sub_config, key, mesh)
+    def segment(volume, available, key):
+        return segmentation.segment_volume(predict_fn, params, volume, config, key, mesh, available=available)
 
     out = tmp_path / "eval"
     segmentation._evaluate_cases(config, [case], segment, 7, out, progress=False)

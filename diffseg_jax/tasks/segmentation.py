@@ -34,8 +34,8 @@ PREDICT_OUTPUTS = {
 }
 
 REGIONS = ("wt", "tc", "et")
-# (volume, config with the eval.available to use, key) -> segment_volume's output
-Segmenter = Callable[[brats.CaseVolume, ml_collections.ConfigDict, jax.Array], dict[str, np.ndarray]]
+# (volume, the sequences to segment from, key) -> segment_volume's output
+Segmenter = Callable[[brats.CaseVolume, tuple[str, ...], jax.Array], dict[str, np.ndarray]]
 
 
 def case_slices(volume: brats.CaseVolume, image_size: int) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -87,15 +87,17 @@ def segment_volume(
     mesh,
     progress: bool = False,
     fill_in: FillIn | None = None,
+    available: tuple[str, ...] = modalities.MODALITIES,
 ) -> dict[str, np.ndarray]:
     """Probabilities and uncertainty [X, Y, Z, C] on the case's own grid (0 outside the brain).
 
-    `fill_in`: the two-stage route; synthesises the zeroed sequences before segmenting.
+    `available`: the sequences to segment from (the others are zeroed); `fill_in`: the two-stage route,
+    which synthesises the zeroed sequences before segmenting.
     """
     geom, z, inputs = case_slices(volume, config.data.image_size)
     mask = volume.brain
-    if config.eval.get("available", ""):  # segment from a subset: the other sequences become zeros
-        inputs = inputs * modalities.availability_vector(modalities.parse_available(config.eval.available))
+    if available != modalities.MODALITIES:  # segment from a subset: the other sequences become zeros
+        inputs = inputs * modalities.availability_vector(available)
     if fill_in is not None:
         inputs = fill_in(inputs, jax.random.fold_in(key, 1))
     batching = inference.eval_batching(config)
@@ -160,9 +162,10 @@ def evaluate(
     workdir = pathlib.Path(workdir)
     out_dir = output_dir(config, workdir)
     each = config.eval.get("available", "") == "each"
-    try:
-        if not each:
-            modalities.parse_available(config.eval.get("available", ""))
+    try:  # parsed once, here; every case gets the tuple
+        available = (
+            modalities.MODALITIES if each else modalities.parse_available(config.eval.get("available", ""))
+        )
     except ValueError as err:
         raise brats.DataError(f"eval.{err}") from None
     mesh = parallel.make_mesh()
@@ -177,12 +180,14 @@ def evaluate(
     predict_fn = inference.make_predict_fn(method, mesh)
     compile_seconds = inference.warm_up(predict_fn, params, example["image"], mesh, config.eval.batch_size)
 
-    def segment(volume: brats.CaseVolume, sub_config: ml_collections.ConfigDict, key: jax.Array):
-        return segment_volume(predict_fn, params, volume, sub_config, key, mesh, fill_in=fill_in)
+    def segment(volume: brats.CaseVolume, sequences: tuple[str, ...], key: jax.Array):
+        return segment_volume(
+            predict_fn, params, volume, config, key, mesh, fill_in=fill_in, available=sequences
+        )
 
     if each:
         return evaluate_subsets(config, cases, segment, step, out_dir, progress)
-    return _evaluate_cases(config, cases, segment, step, out_dir, progress, compile_seconds)
+    return _evaluate_cases(config, cases, segment, step, out_dir, progress, compile_seconds, available)
 
 
 def _evaluate_cases(
@@ -193,8 +198,9 @@ def _evaluate_cases(
     out_dir: pathlib.Path,
     progress: bool,
     compile_seconds: float | None = None,
+    available: tuple[str, ...] = modalities.MODALITIES,
 ) -> dict[str, Any]:
-    """Segments and scores every case with `config.eval` as it is; writes metrics, CSV, NIfTI, PNGs.
+    """Segments and scores every case from the `available` sequences; writes metrics, CSV, NIfTI, PNGs.
 
     A case's seconds run from its loaded volume to its labels (slicing, sampling, back to the grid); the
     sampler was compiled before the first case (`compile_seconds` in the summary).
@@ -206,7 +212,8 @@ def _evaluate_cases(
     key = jax.random.PRNGKey(config.seed + 1000)
 
     def compute(index: int, name: str) -> case_records.Record:
-        return _evaluate_case(config, cases[index], segment, jax.random.fold_in(key, index), index, out_dir)
+        case_key = jax.random.fold_in(key, index)
+        return _evaluate_case(config, cases[index], segment, case_key, index, out_dir, available)
 
     records = case_records.CaseRecords(out_dir, config, step).run(
         [case.case_id for case in cases], compute, "evaluating", progress
@@ -217,7 +224,7 @@ def _evaluate_cases(
     summary = {
         "method": config.method,
         "checkpoint_step": step,
-        "available": config.eval.get("available", "") or ",".join(modalities.MODALITIES),
+        "available": ",".join(available),
         "fill_in": config.eval.get("fill_in_workdir") or None,
         "num_cases": len(cases),
         "seconds_per_case": float(np.mean(seconds)) if seconds else None,
@@ -256,11 +263,12 @@ def _evaluate_case(
     key: jax.Array,
     index: int,
     out_dir: pathlib.Path,
+    available: tuple[str, ...],
 ) -> dict[str, Any]:
     """One case: its prediction files and overlay, and {"row": the CSV row, "metrics": per region}."""
     volume = brats.load_case(case)
     tic = time.perf_counter()
-    out = segment(volume, config, key)
+    out = segment(volume, available, key)
     labels = prediction_to_labels(out["prob"], volume.convention, config.data.target)
     seconds = time.perf_counter() - tic
     uncertainty = out["uncertainty"].max(axis=-1).astype(np.float32)
@@ -325,7 +333,7 @@ def evaluate_subsets(
             sub_config.eval.available = name
             sub_config.eval.write_predictions = False
             sub_config.eval.num_overlays = 0
-            summary = _evaluate_cases(sub_config, cases, segment, step, sub_dir, progress)
+            summary = _evaluate_cases(sub_config, cases, segment, step, sub_dir, progress, None, subset)
         results[name] = {r: stats["dice"]["mean"] for r, stats in summary["regions"].items()}
     regions = sorted({r for v in results.values() for r in v}, key=REGIONS.index)
     table = {
