@@ -107,8 +107,8 @@ def pytest_sessionfinish(session, exitstatus):
     skipped = reporter.stats.get("skipped", []) if reporter else []
     if skipped and session.exitstatus == 0:
         reporter.write_line(
-            f"FAILED: {len(skipped)} test(s) skipped (reasons in the short summary); a green run runs every test "
-            "(the real scans belong in ../shared/real; DIFFSEG_ALLOW_SKIPS=1 accepts skips)",
+            f"FAILED: {len(skipped)} test(s) skipped (reasons in the short summary); a green run runs every "
+            "test (the real scans belong in ../shared/real; DIFFSEG_ALLOW_SKIPS=1 accepts skips)",
             red=True,
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
