@@ -161,6 +161,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     s.num_samples = 3
     s.eta = 0.0
     s.fusion = "stepwise"  # diffusion methods: 'stepwise' (BTSegDiff's uncertainty) or 'mean' (ensemble)
+    s.stepwise_last = 0  # > 0: the stepwise fusion takes only the chain's last that many estimates
 
     c.eval = e = ml_collections.ConfigDict()
     e.data_root = config_dict.placeholder(str)  # segment another folder (labels optional)

@@ -44,20 +44,27 @@ def stepwise_uncertainty_sample(
     eta: float = 0.0,
     threshold: float = 0.5,
     self_condition: bool = False,
+    last: int = 0,
 ) -> dict[str, jnp.ndarray]:
     """Samples S chains at once (a leading vmap axis) and fuses them with the stepwise weights.
 
     `denoise_fn(x_t, t)` (with `self_condition`: `(x_t, t, x0_prev)`) takes one chain's batch `shape`; it is
-    vmapped over the S chains, so condition features closed over in it are shared. Returns prob, mask,
+    vmapped over the S chains, so condition features closed over in it are shared. `last` > 0 fuses only the
+    last that many estimates of the chain (the public BTSegDiff code fuses the end of its chain; over a long
+    chain the weights alone barely favour the late estimates); 0 fuses every one. Returns prob, mask,
     uncertainty (weighted mean of U_t), all of `shape`, and the chains' final estimates as probabilities
     (`chains`, [S, *shape]) for other fusions.
     """
     batched_denoise = jax.vmap(denoise_fn, in_axes=(0, None, 0) if self_condition else (0, None))
     num_positions = len(samplers.visited_steps(schedule, method, num_steps))
+    if last < 0:
+        raise ValueError(f"sampling.stepwise_last={last}: expected 0 (every estimate) or a positive count")
+    first_fused = max(num_positions - last, 0) if last else 0  # positions after this one are fused
 
     def accumulate(acc, x0, position):
         prob = jnp.mean(mask_to_prob(x0), axis=0)
         weight, entropy = step_weight(prob, position, num_positions)
+        weight = jnp.where(position > first_fused, weight, 0.0)
         return {
             "w": acc["w"] + weight,
             "wx": acc["wx"] + weight * prob,

@@ -50,6 +50,42 @@ def test_weighting_matches_hand_computation():
     assert np.std(np.asarray(reference["x0"]), axis=0).max() > 1e-3
 
 
+def test_fusing_the_last_k_estimates_equals_the_hand_fusion_of_the_chains_end():
+    schedule = make_schedule("linear", 100)
+    shape, num_samples, num_steps, last = (2, 4, 4, 1), 3, 8, 3
+
+    def denoise(x_t, t):
+        return jnp.tanh(x_t + t / 100.0)
+
+    key = jax.random.PRNGKey(2)
+    kwargs = {"num_samples": num_samples, "num_steps": num_steps}
+    out = uncertainty.stepwise_uncertainty_sample(denoise, schedule, "x0", shape, key, last=last, **kwargs)
+    every = uncertainty.stepwise_uncertainty_sample(denoise, schedule, "x0", shape, key, **kwargs)
+    reference = samplers.sample(
+        jax.vmap(denoise, in_axes=(0, None)),
+        schedule,
+        "x0",
+        (num_samples,) + shape,
+        key,
+        num_steps=num_steps,
+        return_trajectory=True,
+    )
+    trajectory = np.asarray(reference["trajectory"])
+    probs = np.clip((trajectory + 1) / 2, 0, 1).mean(axis=1)
+    u = -probs * np.log(np.clip(probs, 1e-6, 1))
+    t = np.arange(1, num_steps + 1)  # the paper's t / T over the whole chain, only the last `last` kept
+    w = (
+        np.exp(1 / (1 + np.exp(-t / num_steps)))[:, None, None, None, None]
+        * (1 - u)
+        * (t > num_steps - last)[:, None, None, None, None]
+    )
+    np.testing.assert_allclose(out["prob"], (w * probs).sum(0) / w.sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["uncertainty"], (w * u).sum(0) / w.sum(0), rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(out["prob"]) - np.asarray(every["prob"])).max() > 1e-4  # it changes the fusion
+    longer = uncertainty.stepwise_uncertainty_sample(denoise, schedule, "x0", shape, key, last=99, **kwargs)
+    np.testing.assert_allclose(longer["prob"], every["prob"], rtol=1e-6)  # k >= the chain: every estimate
+
+
 def test_weights_favour_confident_voxels_and_later_estimates():
     w_conf, _ = uncertainty.step_weight(jnp.array(1.0), jnp.array(2), 10)
     w_unsure, _ = uncertainty.step_weight(jnp.array(1 / np.e), jnp.array(2), 10)

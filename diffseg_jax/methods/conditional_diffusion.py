@@ -244,6 +244,7 @@ def build_conditional_diffusion(
             num_steps=s.num_steps,
             eta=s.eta,
             self_condition=self_condition,
+            last=int(s.get("stepwise_last", 0)),
         )
         if s.fusion == "stepwise":
             return {"prob": out["prob"], "uncertainty": out["uncertainty"] * math.e}
