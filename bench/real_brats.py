@@ -66,13 +66,21 @@ def fold_run(out: pathlib.Path, method: str, fold: int, args: argparse.Namespace
     return eval_dir
 
 
-def external_run(out: pathlib.Path, method: str, folds: int, args: argparse.Namespace) -> pathlib.Path:
-    """The BraTS 2013 cases (T1c + FLAIR) segmented by the fold model that never trained on their patient."""
+def external_run(
+    out: pathlib.Path, method: str, folds: list[int], args: argparse.Namespace
+) -> pathlib.Path | None:
+    """The BraTS 2013 cases (T1c + FLAIR) segmented by the fold model that never trained on their patient
+    (None while that fold is not finished)."""
     fold = next(
-        k
-        for k in range(folds)
-        if SAME_PATIENT in (out / method / f"fold{k}" / "eval" / "per_case.csv").read_text()
+        (
+            k
+            for k in folds
+            if SAME_PATIENT in (out / method / f"fold{k}" / "eval" / "per_case.csv").read_text()
+        ),
+        None,
     )
+    if fold is None:
+        return None
     workdir = out / method / f"fold{fold}"
     eval_dir = workdir / "eval_brats2013"
     if not (eval_dir / "per_case.csv").exists():
@@ -96,19 +104,17 @@ def seconds_per_step(workdir: pathlib.Path) -> float:
     return float(json.loads((workdir / "train_summary.json").read_text())["median_step_seconds"])
 
 
-def method_result(out: pathlib.Path, method: str, folds: int) -> dict:
-    rows = read_cases([out / method / f"fold{k}" / "eval" for k in range(folds)])
+def method_result(out: pathlib.Path, method: str, folds: list[int]) -> dict:
+    rows = read_cases([out / method / f"fold{k}" / "eval" for k in folds])
     values = {
         f"{r}_{m}": np.array([float(x[f"{r}_{m}"]) for x in rows]) for r in REGIONS for m in ("dice", "hd95")
     }
-    timing = [json.loads(p.read_text()) for p in (out / method).glob("fold*/bench_timing.json")]
+    timing = [json.loads((out / method / f"fold{k}" / "bench_timing.json").read_text()) for k in folds]
     return {
         "cases": [x["case_id"] for x in rows],
         "values": {k: v.tolist() for k, v in values.items()},
         "seconds_per_case": float(np.median([float(x["seconds"]) for x in rows])),
-        "seconds_per_step": float(
-            np.median([seconds_per_step(out / method / f"fold{k}") for k in range(folds)])
-        ),
+        "seconds_per_step": float(np.median([seconds_per_step(out / method / f"fold{k}") for k in folds])),
         "train_minutes": [round(t["train_seconds"] / 60, 1) for t in timing],
     }
 
@@ -169,18 +175,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-args", default="", help="extra run_train (and run_eval) flags")
     parser.add_argument("--eval-args", default="", help="extra run_eval flags")
     parser.add_argument("--external", action="store_true", help="also the BraTS 2013 cases, T1 and T2 absent")
+    parser.add_argument("--table-only", action="store_true", help="tabulate the folds finished so far")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out).resolve()
     methods = args.methods.split(",")
-    for fold in range(args.folds):  # fold by fold, so that a partial table pairs the methods on whole folds
-        for method in methods:
-            fold_run(out, method, fold, args)
-    results = {method: method_result(out, method, args.folds) for method in methods}
+    folds = list(range(args.folds))
+    if args.table_only:  # the folds every method has finished, nothing trained
+        done = lambda k: all((out / m / f"fold{k}" / "eval" / "per_case.csv").exists() for m in methods)  # noqa: E731
+        folds = [k for k in folds if done(k)]
+        print(f"finished folds: {folds} of {args.folds}")
+    else:
+        for fold in folds:  # fold by fold, so that a partial table pairs the methods on whole folds
+            for method in methods:
+                fold_run(out, method, fold, args)
+    results = {method: method_result(out, method, folds) for method in methods}
     table = markdown(results)
     if args.external:
         lines = ["| method | external cases | WT Dice | TC Dice | ET Dice |", "|---|---|---|---|---|"]
         for method in methods:
-            rows = read_cases([external_run(out, method, args.folds, args)])
+            eval_dir = external_run(out, method, folds, args)
+            if eval_dir is None:
+                continue
+            rows = read_cases([eval_dir])
             dice = {r: np.array([float(x[f"{r}_dice"]) for x in rows]) for r in REGIONS}
             results[method]["external"] = {r: v.tolist() for r, v in dice.items()}
             cells = [f"{dice[r].mean():.3f} ± {dice[r].std():.3f}" for r in REGIONS]
