@@ -20,6 +20,19 @@ def _hand_fusion(trajectory):
     return (w * probs).sum(0) / w.sum(0), (w * u).sum(0) / w.sum(0)
 
 
+def _plain_chains(denoise, schedule, shape, key, num_samples, num_steps):
+    """The plain sampler's S chains with their trajectories (the same key draws the same chains)."""
+    return samplers.sample(
+        jax.vmap(denoise, in_axes=(0, None)),
+        schedule,
+        "x0",
+        (num_samples,) + shape,
+        key,
+        num_steps=num_steps,
+        return_trajectory=True,
+    )
+
+
 def test_weighting_matches_hand_computation():
     schedule = make_schedule("linear", 100)
     shape = (2, 4, 4, 1)
@@ -33,15 +46,7 @@ def test_weighting_matches_hand_computation():
         denoise, schedule, "x0", shape, key, num_samples=num_samples, num_steps=num_steps
     )
     # Same key, same chains: the plain sampler's trajectory gives the hand-computed fusion.
-    reference = samplers.sample(
-        jax.vmap(denoise, in_axes=(0, None)),
-        schedule,
-        "x0",
-        (num_samples,) + shape,
-        key,
-        num_steps=num_steps,
-        return_trajectory=True,
-    )
+    reference = _plain_chains(denoise, schedule, shape, key, num_samples, num_steps)
     prob, unc = _hand_fusion(reference["trajectory"])
     np.testing.assert_allclose(out["prob"], prob, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["uncertainty"], unc, rtol=1e-5, atol=1e-6)
@@ -61,15 +66,7 @@ def test_fusing_the_last_k_estimates_equals_the_hand_fusion_of_the_chains_end():
     kwargs = {"num_samples": num_samples, "num_steps": num_steps}
     out = uncertainty.stepwise_uncertainty_sample(denoise, schedule, "x0", shape, key, last=last, **kwargs)
     every = uncertainty.stepwise_uncertainty_sample(denoise, schedule, "x0", shape, key, **kwargs)
-    reference = samplers.sample(
-        jax.vmap(denoise, in_axes=(0, None)),
-        schedule,
-        "x0",
-        (num_samples,) + shape,
-        key,
-        num_steps=num_steps,
-        return_trajectory=True,
-    )
+    reference = _plain_chains(denoise, schedule, shape, key, num_samples, num_steps)
     trajectory = np.asarray(reference["trajectory"])
     probs = np.clip((trajectory + 1) / 2, 0, 1).mean(axis=1)
     u = -probs * np.log(np.clip(probs, 1e-6, 1))
