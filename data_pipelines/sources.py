@@ -140,6 +140,13 @@ def evaluation_cases(config: ml_collections.ConfigDict, progress: bool = True) -
         cases = layouts.find_cases(config.eval.data_root, layout=layout, available=available(config))
     else:
         cases = load_splits(config, progress)[config.eval.split]
+        if not cases:
+            where = config.data.root or "the phantom dataset"
+            raise brats.DataError(
+                f"the {config.eval.split} split of {where} holds no case "
+                f"(data.split_fractions={tuple(config.data.split_fractions)}); give other cases with "
+                "--config.eval.data_root=<folder>"
+            )
     return cases[: config.eval.max_cases] if config.eval.max_cases else cases
 
 

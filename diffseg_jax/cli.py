@@ -11,7 +11,39 @@ from __future__ import annotations
 
 import sys
 
+import ml_collections
+
 from diffseg_jax import runtime
+
+
+def config_source(argv: list[str]) -> str:
+    """The `--config` of a command line, its file as an absolute path (kept with the run)."""
+    from diffseg_jax import command_line
+    from diffseg_jax.config_files import find_config_file
+
+    spec = command_line.flag_value(argv, "config") or ""
+    path, colon, preset = spec.partition(":")
+    found = find_config_file(path)
+    return f"{found}{colon}{preset}" if found else spec
+
+
+def kept_config(
+    mode: str, config: ml_collections.ConfigDict, workdir: str, argv: list[str]
+) -> ml_collections.ConfigDict:
+    """The config to run with in `workdir`: an evaluation takes the run's kept config and the command line's
+    own overrides; a training is checked against it when it resumes, and `train.init_from` takes the
+    source run's network."""
+    from diffseg_jax import command_line, run_config
+
+    overrides = command_line.overrides(argv)
+    saved = run_config.load(workdir)
+    if mode == "eval":
+        return config if saved is None else run_config.for_evaluation(config, overrides, saved, workdir)
+    if config.train.get("init_from"):
+        run_config.network_from(config, config.train.init_from, overrides)
+    if saved is not None and run_config.has_checkpoints(workdir):
+        run_config.check_resume(config, saved, workdir)
+    return config
 
 
 def main(mode: str) -> None:
@@ -24,6 +56,7 @@ def main(mode: str) -> None:
     from ml_collections import config_flags
 
     from diffseg_jax import command_line
+    from diffseg_jax.vocabulary import ConfigError
 
     program = "run_train.py" if mode == "train" else "run_eval.py"
     if any(arg in ("--help", "-h", "-?", "--helpshort") for arg in sys.argv[1:]):
@@ -41,8 +74,12 @@ def main(mode: str) -> None:
             config.value.to_dict()
         except Exception as err:  # noqa: BLE001 - any failure of the user's config file: one line
             sys.exit(f"error: {command_line.config_load_error(sys.argv[1:], err)}")
+        try:  # with a workdir, the config of the run kept there (resolved.py)
+            resolved = kept_config(mode, config.value, workdir.value, sys.argv[1:]) if workdir.value else None
+        except ConfigError as err:
+            sys.exit(f"error: {err}")
         if print_config.value:
-            print(config.value)
+            print(resolved or config.value)
             return
         if not workdir.value:
             sys.exit(f"error: {program} needs --workdir=<folder>")
@@ -51,7 +88,6 @@ def main(mode: str) -> None:
         from data_pipelines.brats import DataError
         from diffseg_jax import parallel, stop_signal, tasks, workdir_lock
         from diffseg_jax.checkpoint import CheckpointError
-        from diffseg_jax.config_defaults import ConfigError
 
         try:
             parallel.maybe_initialize_distributed()
@@ -59,30 +95,32 @@ def main(mode: str) -> None:
             sys.exit(f"error: {err}")
         runtime.enable_compilation_cache()
         try:
-            task = tasks.get_task(config.value)
+            task = tasks.get_task(resolved)
             if mode == "train":
                 from diffseg_jax import train  # TensorFlow (tf.data, TensorBoard) loads with it
 
                 try:
-                    state = train.train_and_evaluate(config.value, workdir.value, task=task)
+                    state = train.train_and_evaluate(
+                        resolved, workdir.value, task=task, config_file=config_source(sys.argv[1:])
+                    )
                 except (train.TrainingDiverged, CheckpointError, workdir_lock.WorkdirBusy) as err:
                     sys.exit(f"error: {err}")
-                if int(state.step) < config.value.train.steps:
+                if int(state.step) < resolved.train.steps:
                     print(
-                        f"stopped at step {int(state.step)} of {config.value.train.steps} (saved); "
+                        f"stopped at step {int(state.step)} of {resolved.train.steps} (saved); "
                         "the same command resumes",
                         file=sys.stderr,
                     )
                     sys.exit(stop_signal.EXIT_STOPPED)
                 return
             try:
-                summary, out_dir = tasks.evaluate(config.value, workdir.value, True)
+                summary, out_dir = tasks.evaluate(resolved, workdir.value, True)
             except workdir_lock.WorkdirBusy as err:
                 sys.exit(f"error: {err}")
             except stop_signal.Stopped as err:
                 print(f"{err}; the same command resumes", file=sys.stderr)
                 sys.exit(stop_signal.EXIT_STOPPED)
-            for line in task.summary_lines(config.value, summary):
+            for line in task.summary_lines(resolved, summary):
                 print(line)
             print(f"outputs: {out_dir}")
         except (ConfigError, DataError, FileNotFoundError, CheckpointError) as err:
@@ -92,6 +130,8 @@ def main(mode: str) -> None:
 
     def parse_flags(argv):
         """Flags parsing whose errors (e.g. an unknown config key) are one line, not a traceback."""
+        if mode == "eval":
+            argv = command_line.with_kept_config_file(argv)
         try:
             return flags.FLAGS(argv)
         except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:

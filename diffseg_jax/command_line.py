@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from diffseg_jax import config_files
+from diffseg_jax import config_files, run_config
 
 HELP = """{doc}
 
@@ -34,7 +34,7 @@ def strip_class_path(message: str) -> str:
     return _CLASS_PREFIX.sub("", message.strip())
 
 
-def _overrides(argv: Sequence[str]) -> list[str]:
+def overrides(argv: Sequence[str]) -> list[str]:
     """The dotted field paths that `--config.<path>=value` arguments set, in order."""
     paths = []
     for arg in argv:
@@ -44,25 +44,38 @@ def _overrides(argv: Sequence[str]) -> list[str]:
     return paths
 
 
-def _config_spec(argv: Sequence[str]) -> str | None:
+def flag_value(argv: Sequence[str], name: str) -> str | None:
+    """The value of `--name=value` (or `--name value`) in `argv`, None when absent."""
     for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
+        if arg.startswith(f"--{name}="):
             return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
             return argv[i + 1]
     return None
 
 
+def with_kept_config_file(argv: list[str]) -> list[str]:
+    """`argv` (argv[0] first) with `--config=` set to the config file the workdir's run kept, when the
+    command names none: `run_eval.py --workdir=W` evaluates W as it was trained."""
+    workdir = flag_value(argv[1:], "workdir")
+    if flag_value(argv[1:], "config") is not None or not workdir:
+        return argv
+    saved = run_config.load(workdir)
+    if saved is None:
+        return argv
+    return [argv[0], f"--config={saved['config_file']}", *argv[1:]]
+
+
 def unknown_field(argv: Sequence[str]) -> str | None:
     """One line naming the first override whose field does not exist, with the nearest one that does."""
-    spec = _config_spec(argv)
+    spec = flag_value(argv, "config")
     if spec is None:
         return None
     try:
         config = config_files.load_config(spec)
     except Exception:  # the config itself is broken: the original message says more
         return None
-    for path in _overrides(argv):
+    for path in overrides(argv):
         node: object = config
         parts = path.split(".")
         for depth, name in enumerate(parts):
@@ -94,7 +107,7 @@ class ProjectInfoOnly(logging.Filter):
 
 def config_load_error(argv: Sequence[str], err: BaseException) -> str:
     """One line for a config file that failed to load: its own error, without paths of classes."""
-    spec = _config_spec(argv)
+    spec = flag_value(argv, "config")
     if spec is not None:
         try:
             config_files.load_config(spec)

@@ -14,13 +14,19 @@ import ml_collections
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def find_config_file(path_text: str) -> pathlib.Path | None:
+    """A config file's absolute path (relative paths: to the current folder, else to the repository)."""
+    for path in (pathlib.Path(path_text), ROOT / path_text):
+        if path_text and path.is_file():
+            return path.resolve()
+    return None
+
+
 def load_config(spec: str, what: str = "--config") -> ml_collections.ConfigDict:
     """'configs/m2dn.py' or 'configs/m2dn.py:smoke' -> the ConfigDict (paths relative to here or the repo)."""
     path_text, _, preset = spec.partition(":")
-    path = pathlib.Path(path_text)
-    if not path.is_file() and (ROOT / path).is_file():
-        path = ROOT / path
-    if not path.is_file():
+    path = find_config_file(path_text)
+    if path is None:
         raise FileNotFoundError(f"{what}: no config file {path_text}")
     spec_obj = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec_obj)

@@ -21,7 +21,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from data_pipelines import augmentation, input_pipeline
-from diffseg_jax import inference, modalities, parallel, tasks, tensorflow_import, workdir_lock
+from diffseg_jax import inference, modalities, parallel, run_config, tasks, tensorflow_import, workdir_lock
 from diffseg_jax.checkpoint import CheckpointError, Checkpoints, init_from, reason
 from diffseg_jax.diffusion import importance
 from diffseg_jax.methods.base import Method
@@ -106,17 +106,22 @@ def train_and_evaluate(
     progress: bool = True,
     stop_after: int | None = None,
     task: Task | None = None,
+    config_file: str = "",
 ) -> TrainState:
     """Trains `config.method` to `config.train.steps`, resuming from the latest checkpoint in workdir.
 
     `stop_after` (default: `train.stop_after`, 0 = never) ends this run with a checkpoint after that many
     steps, as a preemption would; the next call resumes where it stopped. `task`: the config's task when the
     caller has it already (the programs look it up first, to report an unknown task before anything starts).
+    The config is kept in <workdir>/config.json (`run_config`; `config_file`: the `--config` it came from);
+    a resumed run must agree with it on the network and the data.
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lock = workdir_lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock, StopRequest() as stop:
+        if jax.process_index() == 0:
+            run_config.keep(config, workdir, config_file)
         return _train(config, workdir, progress, stop_after, stop, task or tasks.get_task(config))
 
 

@@ -7,8 +7,10 @@ import pathlib
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 from conftest import require_real_data
 
+from configs import btsegdiff
 from data_pipelines import brats, phantom
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -145,6 +147,9 @@ def test_help_exits_0_and_print_config_shows_the_resolved_fields(cli):
     )
     assert "image_size: 128" in printed.stdout and "steps: 7" in printed.stdout
     assert "fold_val_cases: 1" in printed.stdout
+    config = btsegdiff.get_config("real")
+    config.train.steps = 7
+    assert yaml.load(printed.stdout, Loader=yaml.UnsafeLoader) == config.to_dict()  # parses back (tuples too)
 
 
 def test_unknown_task_is_one_line_listing_the_known_ones(tmp_path, cli):
@@ -172,7 +177,17 @@ def test_shared_brats2013_cases_train_and_evaluate_through_a_layout_file(tmp_pat
         "--config.train.eval_every=0",
         *data,
     )
-    cli("run_eval.py", unet, f"--workdir={tmp_path}", *data)
+    kept = json.loads((tmp_path / "config.json").read_text())
+    assert kept["config_file"] == f"{ROOT / 'configs' / 'unet_baseline.py'}:smoke"
+    assert kept["config"]["data"]["root"] == str(real) and kept["config"]["train"]["steps"] == 2
+    refused = cli("run_eval.py", f"--workdir={tmp_path}", "--config.data.image_size=64", check=False)
+    assert refused.returncode != 0 and refused.stderr.strip().splitlines()[-1] == (
+        f"error: data.image_size=64: the run in {tmp_path} was trained with data.image_size=32; "
+        "to score other cases use --config.eval.data_root"
+    )
+    # Only the workdir: the run's own config, so its folder's test case and not the phantom's.
+    evaluated = cli("run_eval.py", f"--workdir={tmp_path}")
+    assert evaluated.stdout.strip().splitlines()[-1] == f"outputs: {tmp_path / 'eval'}"
     summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert summary["num_cases"] == 1 and set(summary["regions"]) == {"wt", "tc", "et"}
     case_id = next(csv.DictReader((tmp_path / "eval" / "per_case.csv").open()))["case_id"]
