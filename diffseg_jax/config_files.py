@@ -32,3 +32,9 @@ def load_config(spec: str, what: str = "--config") -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec_obj)
     spec_obj.loader.exec_module(module)
     return module.get_config(preset or None)
+
+
+def config_file_of(config: ml_collections.ConfigDict) -> str:
+    """The `--config` that gives this config's method and preset ('' when the method has no file here)."""
+    path = ROOT / "configs" / f"{config.get('method', '')}.py"
+    return f"{path}:{config.get('preset', 'default')}" if path.is_file() else ""

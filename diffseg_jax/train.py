@@ -21,7 +21,16 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from data_pipelines import augmentation, input_pipeline
-from diffseg_jax import inference, modalities, parallel, run_config, tasks, tensorflow_import, workdir_lock
+from diffseg_jax import (
+    config_files,
+    inference,
+    modalities,
+    parallel,
+    run_config,
+    tasks,
+    tensorflow_import,
+    workdir_lock,
+)
 from diffseg_jax.checkpoint import CheckpointError, Checkpoints, init_from, reason
 from diffseg_jax.diffusion import importance
 from diffseg_jax.methods.base import Method
@@ -121,7 +130,7 @@ def train_and_evaluate(
     lock = workdir_lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock, StopRequest() as stop:
         if jax.process_index() == 0:
-            run_config.keep(config, workdir, config_file)
+            run_config.keep(config, workdir, config_file or config_files.config_file_of(config))
         return _train(config, workdir, progress, stop_after, stop, task or tasks.get_task(config))
 
 
