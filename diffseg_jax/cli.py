@@ -46,7 +46,23 @@ def kept_config(
     return config
 
 
-def main(mode: str) -> None:
+DOCS = {
+    "train": "Trains a method, resuming from the workdir's newest checkpoint.",
+    "eval": "Evaluates a trained run (the config it kept, the command line's eval-side overrides).",
+}
+
+
+def train() -> None:
+    """The `diffseg-train` console script."""
+    main("train", program="diffseg-train")
+
+
+def evaluate() -> None:
+    """The `diffseg-eval` console script."""
+    main("eval", program="diffseg-eval")
+
+
+def main(mode: str, program: str = "") -> None:
     try:
         runtime.configure()
     except ValueError as err:  # a malformed DIFFSEG_* variable: one line, not a traceback
@@ -58,9 +74,9 @@ def main(mode: str) -> None:
     from diffseg_jax import command_line
     from diffseg_jax.vocabulary import ConfigError
 
-    program = "run_train.py" if mode == "train" else "run_eval.py"
+    program = program or ("python run_train.py" if mode == "train" else "python run_eval.py")
     if any(arg in ("--help", "-h", "-?", "--helpshort") for arg in sys.argv[1:]):
-        doc = sys.modules["__main__"].__doc__ or program
+        doc = sys.modules["__main__"].__doc__ or DOCS[mode]
         print(command_line.HELP.format(doc=doc.strip(), program=program))
         sys.exit(0)
     config = config_flags.DEFINE_config_file("config", None, "Method config file (configs/*.py).")
@@ -130,6 +146,7 @@ def main(mode: str) -> None:
 
     def parse_flags(argv):
         """Flags parsing whose errors (e.g. an unknown config key) are one line, not a traceback."""
+        argv = command_line.with_config_file_found(argv)
         if mode == "eval":
             argv = command_line.with_kept_config_file(argv)
         try:

@@ -18,8 +18,9 @@ from diffseg_jax import config_files, run_config
 
 HELP = """{doc}
 
-Usage: python {program} --config=configs/<method>.py[:<preset>] --workdir=<folder>
-         [--config.<field>=<value> ...]
+Usage: {program} --config=<method>[:<preset>] --workdir=<folder> [--config.<field>=<value> ...]
+
+<method> is a file of configs/ (btsegdiff, medsegdiff_v1, unet_baseline, ...) or a path to a config file.
 
 Presets: smoke | default | real | paper. Every config field is a flag (--config.train.steps=200);
 --print_config prints every field with the preset and the overrides applied, then exits.
@@ -52,6 +53,17 @@ def flag_value(argv: Sequence[str], name: str) -> str | None:
         if arg == f"--{name}" and i + 1 < len(argv):
             return argv[i + 1]
     return None
+
+
+def with_config_file_found(argv: list[str]) -> list[str]:
+    """`argv` with `--config=<name>[:preset]` (a config shipped with the package) as that file's path."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path, colon, preset = arg.split("=", 1)[1].partition(":")
+            found = config_files.find_config_file(path)
+            if found is not None:
+                return [*argv[:i], f"--config={found}{colon}{preset}", *argv[i + 1 :]]
+    return argv
 
 
 def with_kept_config_file(argv: list[str]) -> list[str]:

@@ -15,8 +15,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def find_config_file(path_text: str) -> pathlib.Path | None:
-    """A config file's absolute path (relative paths: to the current folder, else to the repository)."""
-    for path in (pathlib.Path(path_text), ROOT / path_text):
+    """A config file's absolute path: a path (relative to the current folder, else to the package's root),
+    or the name of a config shipped with the package ('btsegdiff' -> configs/btsegdiff.py)."""
+    shipped = ROOT / "configs" / f"{path_text}.py"
+    for path in (pathlib.Path(path_text), ROOT / path_text, shipped):
         if path_text and path.is_file():
             return path.resolve()
     return None

@@ -196,3 +196,41 @@ def test_shared_brats2013_cases_train_and_evaluate_through_a_layout_file(tmp_pat
     assert pred.shape == ref.shape == (240, 240, 155)
     np.testing.assert_allclose(pred.affine, ref.affine)
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 4}  # the BraTS 2013 labels
+
+
+def test_a_config_is_named_by_its_method_and_the_package_ships_them_with_the_console_scripts(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    from diffseg_jax import command_line
+
+    shipped = ROOT / "configs" / "shaspec.py"
+    argv = ["prog", "--config=shaspec:real", "--workdir=W"]
+    assert command_line.with_config_file_found(argv) == ["prog", f"--config={shipped}:real", "--workdir=W"]
+    relative = ["prog", "--config=configs/shaspec.py"]
+    assert command_line.with_config_file_found(relative) == ["prog", f"--config={shipped}"]
+    unknown = ["prog", "--config=nosuchmethod"]
+    assert command_line.with_config_file_found(unknown) == unknown  # absl then names the missing file
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        tmp_path,
+        ROOT,
+    ]
+    subprocess.run(build, check=True, capture_output=True, cwd=tmp_path)
+    wheel = zipfile.ZipFile(next(tmp_path.glob("diffseg_jax-*.whl")))
+    names = set(wheel.namelist())
+    assert {"configs/btsegdiff.py", "configs/layouts/brats2013_two_sequences.json"} <= names
+    assert {"diffseg_jax/cli.py", "data_pipelines/brats.py"} <= names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = wheel.read(entry_points).decode()
+    assert (
+        "diffseg-train = diffseg_jax.cli:train" in text and "diffseg-eval = diffseg_jax.cli:evaluate" in text
+    )
