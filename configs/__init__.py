@@ -1,1 +1,1 @@
-"""The methods' config files (`--config=configs/<method>.py[:preset]`, or `--config=<method>` once installed)."""
+"""The methods' config files: `--config=configs/<method>.py[:preset]`, or `--config=<method>`."""
