@@ -183,6 +183,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     # 'flips': test-time augmentation, the mean probability over the slice and its three flips, uncertainty =
     # that mean's entropy (an uncertainty for any method, e.g. the U-Net's); '' = the method's own output.
     e.tta = ""
+    # True: also each region's probability (<case>_prob_whole/core/enhance.nii.gz, float32: NIfTI has no
+    # float16) on the input's grid, for ensembling with other tools.
+    e.save_probabilities = False
     # > 0: the U-Net baseline's MC dropout (Gal & Ghahramani 2016): that many passes with dropout active
     # (train it with model.dropout > 0), the mean probability, uncertainty = that mean's entropy.
     e.mc_dropout = 0

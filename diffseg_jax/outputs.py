@@ -8,6 +8,7 @@ were computed from (its affine and header), so they open over it in ITK-SNAP or 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -24,6 +25,27 @@ from data_pipelines.brats import DataError
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 Panel = tuple[np.ndarray, str, str]  # (2D image, title, matplotlib colormap)
+# The nested regions drawn over a scan, each voxel in the colour of its innermost region.
+REGION_LEGEND = (
+    ("oedema (WT − TC)", "#2ca02c"),
+    ("core (TC − ET)", "#d62728"),
+    ("enhancing (ET)", "#ffd700"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionOverlay:
+    """A panel of nested regions [H, W, 3] (WT, TC, ET) drawn over a 2D scan, with the regions' legend."""
+
+    scan: np.ndarray
+    regions: np.ndarray
+    title: str
+
+    def innermost(self) -> np.ma.MaskedArray:
+        """0 oedema, 1 core, 2 enhancing; masked outside the whole tumour."""
+        wt, tc, et = (self.regions[..., i].astype(bool) for i in range(3))
+        level = np.where(et, 2, np.where(tc, 1, 0))
+        return np.ma.masked_where(~wt, level)
 
 
 class OnGrid(Protocol):
@@ -126,17 +148,38 @@ def save_nifti_on_affine(
     return _save_image(image, pathlib.Path(path))
 
 
-def save_overlay(path: str | os.PathLike[str], title: str, panels: list[Panel]) -> pathlib.Path:
-    """One PNG row of 2D panels (radiological view: rotated 90°), atomically."""
+def save_overlay(
+    path: str | os.PathLike[str], title: str, panels: list[Panel | RegionOverlay]
+) -> pathlib.Path:
+    """One PNG row of 2D panels (radiological view: rotated 90°), atomically; region panels draw the regions
+    over their scan, with a legend under the row."""
+    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it was
+    from matplotlib.patches import Patch
 
-    fig = Figure(figsize=(2.2 * len(panels), 2.6))
-    for ax, (image, name, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
-        ax.imshow(np.rot90(image), cmap=cmap)
+    fig = Figure(figsize=(2.2 * len(panels), 2.9))
+    colours = ListedColormap([colour for _, colour in REGION_LEGEND])
+    for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        if isinstance(panel, RegionOverlay):
+            ax.imshow(np.rot90(panel.scan), cmap="gray")
+            ax.imshow(
+                np.rot90(panel.innermost()), cmap=colours, vmin=0, vmax=2, alpha=0.6, interpolation="nearest"
+            )
+            name = panel.title
+        else:
+            image, name, cmap = panel
+            shown = ax.imshow(np.rot90(image), cmap=cmap)
+            if cmap != "gray":  # a map of values (uncertainty, anomaly): its scale
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
         ax.set_title(name, fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    if any(isinstance(p, RegionOverlay) for p in panels):
+        handles = [Patch(color=colour, label=label) for label, colour in REGION_LEGEND]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+    else:
+        fig.tight_layout()
     return _atomic(pathlib.Path(path), lambda tmp: fig.savefig(tmp, dpi=80), suffix=".png")
 
 

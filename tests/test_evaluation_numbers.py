@@ -87,6 +87,19 @@ def test_a_predictor_returning_the_reference_scores_perfectly(tmp_path):
     np.testing.assert_array_equal(written, reference)  # labels 0/1/2/4, the case's own convention
     unc = np.asarray(nib.load(out / "predictions" / f"{CASE}_uncertainty.nii.gz").dataobj)
     np.testing.assert_allclose(unc, given["uncertainty"].max(-1), rtol=1e-6)
+    # The QU-BraTS submission: a uint8 map of whole percents per region, and the reported score is the
+    # challenge's score of exactly those files (recomputed here from the files by the definition).
+    brain = np.asarray(nib.load(tmp_path / "data" / CASE / f"{CASE}_t1.nii.gz").dataobj) > 0
+    regions = (("wt", "whole", (1, 2, 4)), ("tc", "core", (1, 4)), ("et", "enhance", (4,)))
+    for i, (region, name, labels) in enumerate(regions):
+        image = nib.load(out / "predictions" / f"{CASE}_unc_{name}.nii.gz")
+        percent = np.asarray(image.dataobj)
+        assert image.get_data_dtype() == np.uint8 and percent.max() <= 100
+        np.testing.assert_array_equal(percent, np.round(100 * given["uncertainty"][..., i]))
+        ref = np.isin(reference, labels)
+        expected = metrics.qu_brats(ref, ref, percent.astype(float), brain)["qu_score"]
+        assert float(rows[0][f"{region}_qu_score"]) == pytest.approx(expected, abs=1e-6)
+    assert not list((out / "predictions").glob("*_prob_*"))  # probabilities only on request
 
 
 def test_a_predictor_off_by_one_voxel_scores_what_the_metrics_give(tmp_path):

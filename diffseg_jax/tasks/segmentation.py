@@ -34,6 +34,7 @@ PREDICT_OUTPUTS = {
 }
 
 REGIONS = ("wt", "tc", "et")
+QU_BRATS_NAMES = ("whole", "core", "enhance")  # <case>_unc_<name>.nii.gz: the QU-BraTS challenge's names
 # (volume, the sequences to segment from, key) -> segment_volume's output
 Segmenter = Callable[[brats.CaseVolume, tuple[str, ...], jax.Array], dict[str, np.ndarray]]
 
@@ -137,17 +138,24 @@ def case_metrics(labels: np.ndarray, volume: brats.CaseVolume, target: str) -> d
 
 
 def save_overlay(
-    path: pathlib.Path, volume: brats.CaseVolume, labels: np.ndarray, uncertainty: np.ndarray
+    path: pathlib.Path, volume: brats.CaseVolume, labels: np.ndarray, uncertainty: np.ndarray, target: str
 ) -> None:
-    """The four sequences, reference, prediction and uncertainty at the most tumorous axial slice."""
+    """The four sequences, the reference and the prediction drawn over FLAIR, and the uncertainty, at the
+    most tumorous axial slice."""
     area = (labels > 0).sum(axis=(0, 1))
     if volume.seg is not None:
         area = area + (volume.seg > 0).sum(axis=(0, 1))
     z = int(np.argmax(area)) if area.any() else volume.images.shape[2] // 2
-    panels = [(volume.images[:, :, z, i], name, "gray") for i, name in enumerate(brats.MODALITIES)]
+    panels: list = [(volume.images[:, :, z, i], name, "gray") for i, name in enumerate(brats.MODALITIES)]
+    flair = volume.images[:, :, z, brats.MODALITIES.index("flair")]
     if volume.seg is not None:
-        panels.append((volume.seg[:, :, z], "reference", "viridis"))
-    panels.append((labels[:, :, z], "prediction", "viridis"))
+        reference = brats.labels_to_regions(volume.seg[:, :, z], volume.convention)
+        panels.append(outputs.RegionOverlay(flair, reference, "reference"))
+    if target == "wt":
+        predicted = np.stack([labels[:, :, z] > 0] + [np.zeros_like(labels[:, :, z], bool)] * 2, axis=-1)
+    else:
+        predicted = brats.labels_to_regions(labels[:, :, z], volume.convention)
+    panels.append(outputs.RegionOverlay(flair, predicted, "prediction"))
     panels.append((uncertainty[:, :, z], "uncertainty", "magma"))
     outputs.save_overlay(path, f"{volume.case_id}  z={z}", panels)
 
@@ -276,8 +284,15 @@ def _evaluate_case(
         pred_dir = out_dir / "predictions"
         outputs.save_nifti(labels, volume, pred_dir / f"{case.case_id}_seg.nii.gz")
         outputs.save_nifti(uncertainty, volume, pred_dir / f"{case.case_id}_uncertainty.nii.gz")
+        percent = submitted_uncertainty(out["uncertainty"])
+        for i, name in enumerate(QU_BRATS_NAMES[: percent.shape[-1]]):  # the QU-BraTS submission's maps
+            outputs.save_nifti(percent[..., i], volume, pred_dir / f"{case.case_id}_unc_{name}.nii.gz")
+            if config.eval.save_probabilities:
+                prob_path = pred_dir / f"{case.case_id}_prob_{name}.nii.gz"
+                outputs.save_nifti(out["prob"][..., i], volume, prob_path, dtype=np.float32)
     if index < config.eval.num_overlays:
-        save_overlay(out_dir / "overlays" / f"{case.case_id}.png", volume, labels, uncertainty)
+        overlay = out_dir / "overlays" / f"{case.case_id}.png"
+        save_overlay(overlay, volume, labels, uncertainty, config.data.target)
     row: dict[str, Any] = {"case_id": case.case_id, "seconds": round(seconds, 3)}
     region_metrics: dict[str, dict[str, float]] = {}
     calibration: dict[str, dict[str, list[float]]] = {}
@@ -293,6 +308,12 @@ def _evaluate_case(
     return {"row": row, "metrics": region_metrics, "calibration": calibration}
 
 
+def submitted_uncertainty(uncertainty: np.ndarray) -> np.ndarray:
+    """Per-region uncertainty in [0, 1] -> whole percents 0-100 (uint8), as QU-BraTS takes them; the scores
+    are computed from these, so the challenge's script on the written maps gives the project's figures."""
+    return np.round(100.0 * np.clip(uncertainty, 0.0, 1.0)).astype(np.uint8)
+
+
 def uncertainty_metrics(
     out: dict[str, np.ndarray], labels: np.ndarray, volume: brats.CaseVolume, target: str
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]:
@@ -301,8 +322,9 @@ def uncertainty_metrics(
     ref = brats.labels_to_regions(volume.seg, volume.convention)
     pred = (labels > 0)[..., None] if target == "wt" else brats.labels_to_regions(labels, volume.convention)
     scores, bins = {}, {}
+    percent = submitted_uncertainty(out["uncertainty"])
     for i, region in enumerate(REGIONS[: pred.shape[-1]]):
-        prob, unc = out["prob"][..., i], 100.0 * out["uncertainty"][..., i]
+        prob, unc = out["prob"][..., i], percent[..., i].astype(np.float32)
         scores[region] = metrics.uncertainty_scores(prob, pred[..., i], ref[..., i], unc, volume.brain)
         bins[region] = metrics.calibration_bins(prob, ref[..., i], volume.brain)
     return scores, bins
