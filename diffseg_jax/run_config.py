@@ -50,6 +50,9 @@ def _absolute_paths(flat: dict[str, Any]) -> dict[str, Any]:
     for path in PATH_FIELDS:
         if flat.get(path):
             flat[path] = str(pathlib.Path(flat[path]).expanduser().resolve())
+    layout = flat.get("data.layout")
+    if layout and pathlib.Path(layout).expanduser().is_file():  # a layout file, not a named layout
+        flat["data.layout"] = str(pathlib.Path(layout).expanduser().resolve())
     return flat
 
 
