@@ -31,12 +31,15 @@ from diffseg_jax import metrics, runtime  # noqa: E402
 REGIONS = ("wt", "tc", "et")
 
 
-def fold_config(args: argparse.Namespace, last: int):
+def fold_config(args: argparse.Namespace, last: int, ddim_steps: int = 0):
+    """The run's config sampling the full DDPM chain (or, with `ddim_steps`, DDIM with that many steps)."""
     config = importlib.import_module(f"configs.{args.method}").get_config(args.preset)
     if args.root:
         config.data.root = args.root
         config.data.folds, config.data.fold = args.folds, args.fold
     config.sampling.update(method="ddpm", num_samples=args.samples, stepwise_last=last)
+    if ddim_steps:
+        config.sampling.update(method="ddim", num_steps=ddim_steps)
     return config
 
 
@@ -54,7 +57,9 @@ def test_slices(config, count: int) -> dict[str, np.ndarray]:
     return {"image": test["image"][chosen], "label": test["label"][chosen] > 0.5}
 
 
-def fused_scores(args: argparse.Namespace, last: int, slices: dict[str, np.ndarray]) -> dict:
+def fused_scores(
+    args: argparse.Namespace, last: int, slices: dict[str, np.ndarray], ddim_steps: int = 0
+) -> dict:
     import jax
 
     from data_pipelines import sources
@@ -62,7 +67,7 @@ def fused_scores(args: argparse.Namespace, last: int, slices: dict[str, np.ndarr
     from diffseg_jax.checkpoint import restore_params
     from diffseg_jax.methods.registry import build_method
 
-    config = fold_config(args, last)
+    config = fold_config(args, last, ddim_steps)
     mesh = parallel.make_mesh()
     method = build_method(config)
     params, _ = restore_params(
@@ -75,7 +80,8 @@ def fused_scores(args: argparse.Namespace, last: int, slices: dict[str, np.ndarr
     )
     record = {
         "last": last or "all",
-        "T": config.diffusion.num_steps,
+        "T": ddim_steps or config.diffusion.num_steps,
+        "sampler": "ddim" if ddim_steps else "ddpm",
         "S": args.samples,
         "slices": len(slices["image"]),
     }
@@ -94,12 +100,13 @@ def fused_scores(args: argparse.Namespace, last: int, slices: dict[str, np.ndarr
 
 def table(records: list[dict]) -> str:
     names = [("dice", "Dice"), ("qu_score", "QU-BraTS"), ("ueo", "UEO"), ("ece", "ECE")]
-    header = ["fused estimates", "s"] + [
+    header = ["sampler, fused estimates", "s"] + [
         f"{r.upper()} {label}" for label in dict(names).values() for r in REGIONS
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
-        cells = [f"last {r['last']}" if r["last"] != "all" else f"all {r['T']}", str(r["seconds"])]
+        fused = f"last {r['last']}" if r["last"] != "all" else "all"
+        cells = [f"{r.get('sampler', 'ddpm').upper()} {r['T']}, {fused}", str(r["seconds"])]
         cells += [str(r.get(f"{region}_{name}", "–")) for name, _ in names for region in REGIONS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -119,6 +126,9 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument(
+        "--ddim", type=int, default=0, help="> 0: also DDIM with this many steps, every estimate"
+    )
     args = parser.parse_args()
 
     runtime.configure()
@@ -127,12 +137,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     records = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    done = {r["last"] for r in records}
+    done = {(r.get("sampler", "ddpm"), r["T"], r["last"]) for r in records}
     slices = test_slices(fold_config(args, 0), args.slices)
-    for last in (int(k) for k in args.lasts.split(",")):
-        if (last or "all") in done:
+    runs = [(int(k), 0) for k in args.lasts.split(",")] + ([(0, args.ddim)] if args.ddim else [])
+    for last, ddim_steps in runs:
+        key = ("ddim", ddim_steps, "all") if ddim_steps else ("ddpm", 1000, last or "all")
+        if key in done:
             continue
-        records.append(fused_scores(args, last, slices))
+        records.append(fused_scores(args, last, slices, ddim_steps))
         print(json.dumps(records[-1]), flush=True)
         results.write_text("".join(json.dumps(r) + "\n" for r in records))
     text = table(records)
