@@ -149,6 +149,14 @@ def main(mode: str, program: str = "") -> None:
         argv = command_line.with_config_file_found(argv)
         if mode == "eval":
             argv = command_line.with_kept_config_file(argv)
+        if command_line.flag_value(argv[1:], "config") is None and not set(argv[1:]) & {"--helpfull"}:
+            workdir_given = command_line.flag_value(argv[1:], "workdir")
+            kept = (
+                f" (the run in {workdir_given} kept no config.json)"
+                if workdir_given and mode == "eval"
+                else ""
+            )
+            sys.exit(f"error: {program} needs --config=<method>[:<preset>]{kept}; --help shows the usage")
         try:
             return flags.FLAGS(argv)
         except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:

@@ -111,6 +111,11 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, cli):
     result = cli("run_eval.py", SMOKE, f"--workdir={tmp_path}", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no checkpoint" in result.stderr.strip().splitlines()[-1]
+    unknown_run = cli("run_eval.py", f"--workdir={tmp_path}", check=False)  # no --config, no kept config
+    assert unknown_run.returncode != 0 and unknown_run.stderr.strip().splitlines()[-1] == (
+        f"error: python run_eval.py needs --config=<method>[:<preset>] (the run in {tmp_path} kept no "
+        "config.json); --help shows the usage"
+    )
 
 
 def test_unknown_config_key_is_one_line_naming_the_nearest_field(tmp_path, cli):
