@@ -48,6 +48,18 @@ SOURCES = {
         ["--config.sampling.fusion=mean"],
     ),
     "BTSegDiff stepwise uncertainty": ("btsegdiff", "btsegdiff", [], []),
+    "BTSegDiff stepwise uncertainty, S = 10": (
+        "btsegdiff",
+        "btsegdiff",
+        [],
+        ["--config.sampling.num_samples=10"],
+    ),
+    "BTSegDiff stepwise uncertainty, 10 DDIM steps": (
+        "btsegdiff",
+        "btsegdiff",
+        [],
+        ["--config.sampling.num_steps=10"],
+    ),
     "BTSegDiff entropy of the mean of its chains": (
         "btsegdiff",
         "btsegdiff",
@@ -55,6 +67,10 @@ SOURCES = {
         ["--config.sampling.fusion=mean"],
     ),
 }
+
+# More chains and more steps: what the stepwise sampler gains from more compute (on request).
+MORE_COMPUTE = ("BTSegDiff stepwise uncertainty, S = 10", "BTSegDiff stepwise uncertainty, 10 DDIM steps")
+DEFAULT_SOURCES = tuple(s for s in SOURCES if s not in MORE_COMPUTE)
 
 
 def slug(source: str) -> str:
@@ -69,13 +85,13 @@ def run(script: str, method: str, preset: str, args: list[str]) -> None:
 
 
 def table(results: dict[str, dict]) -> str:
-    header = ["uncertainty source", "WT Dice"]
+    header = ["uncertainty source"] + [f"{r.upper()} Dice" for r in REGIONS]
     header += [f"{r.upper()} QU-BraTS" for r in REGIONS] + [f"{r.upper()} UEO" for r in REGIONS]
     header += [f"{r.upper()} ECE" for r in REGIONS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for source, summary in results.items():
         regions = summary["regions"]
-        cells = [source, f"{regions['wt']['dice']['mean']:.3f}"]
+        cells = [source] + [f"{regions[r]['dice']['mean']:.3f}" for r in REGIONS]
         cells += [f"{regions[r]['qu_score']['mean']:.3f}" for r in REGIONS]
         cells += [f"{regions[r]['ueo']['mean']:.3f}" for r in REGIONS]
         cells += [f"{summary['calibration'][r]['ece']:.4f}" for r in REGIONS]  # pooled over the test cases
@@ -101,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default="runs/compare", help="trained workdirs, one per method")
     parser.add_argument("--out", default="runs/uncertainty")
     parser.add_argument("--preset", default="")
-    parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated names of SOURCES")
+    parser.add_argument(
+        "--sources", default=",".join(DEFAULT_SOURCES), help="comma-separated names of SOURCES"
+    )
     parser.add_argument("--root", default="", help="labelled real cases: cross-validate over them by case")
     parser.add_argument("--folds", type=int, default=3)
     args, overrides = parser.parse_known_args(argv)  # --config.* flags for every training and evaluation
