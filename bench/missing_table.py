@@ -3,6 +3,8 @@
     python bench/missing_table.py --out=runs/missing                      # default preset (CPU demo)
     python bench/missing_table.py --out=/tmp/m --preset=smoke             # seconds, to try it
     python bench/missing_table.py --eval-args="--config.sampling.num_samples=1"   # cheaper sampling
+    python bench/missing_table.py --out=runs/real_brats --preset=real --root=../shared/real/brats2018-twelve \
+        --routes="BTSegDiff + dropout,M2DN → BTSegDiff,ShaSpec"   # real scans, folds by case
 
 Routes, each evaluated on the test cases with every one of the 15 non-empty subsets (`eval.available=each`;
 missing sequences are zero channels):
@@ -14,6 +16,9 @@ Synthesis table: M2DN and the deterministic U-Net regressor (`configs/synthesis_
 synthesised sequence pooled over the patterns that lack it, with the mean-of-available baseline.
 Every run goes through run_train.py / run_eval.py into <out>/<run>; finished runs and subsets are reused,
 so the script can be rerun after an interruption. `--config.*` overrides go to every run.
+With `--root`: cross-validated by case over those labelled cases, every run in <out>/<run>/fold<k>
+(bench/real_brats.py's layout, so its trained folds are reused), the subset Dice the mean over every case of
+every fold; the synthesis table is left out.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 from finished import trained  # bench/ is the script's folder, on sys.path
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from diffseg_jax.modalities import all_subsets  # noqa: E402
 from diffseg_jax.tasks.tables import (  # noqa: E402
     paired_wilcoxon,
     subsets_markdown,
@@ -65,8 +72,9 @@ def config_arg(run: str, preset: str) -> str:
     return f"--config=configs/{RUNS[run][0]}.py:{preset or 'default'}"
 
 
-def train(out: pathlib.Path, run: str, preset: str, extra: list[str]) -> pathlib.Path:
-    workdir = out / run
+def train(out: pathlib.Path, run: str, preset: str, extra: list[str], fold: str = "") -> pathlib.Path:
+    """<out>/<run> (or <out>/<run>/<fold>), trained unless it is already."""
+    workdir = out / run / fold
     if not trained(workdir):
         _run("run_train.py", [config_arg(run, preset), f"--workdir={workdir}", *RUNS[run][1], *extra])
     return workdir
@@ -80,22 +88,43 @@ def evaluate_synthesis(out: pathlib.Path, run: str, preset: str, extra: list[str
 
 
 def evaluate_route(
-    out: pathlib.Path, segmenter: str, filler: str | None, preset: str, extra: list[str], eval_args: list[str]
+    out: pathlib.Path,
+    segmenter: str,
+    filler: str | None,
+    preset: str,
+    extra: list[str],
+    eval_args: list[str],
+    fold: str = "",
 ) -> dict:
     """Runs `eval.available=each` into <segmenter>/eval_subsets[_<filler>] (it resumes finished subsets)."""
-    workdir = train(out, segmenter, preset, extra)
+    workdir = train(out, segmenter, preset, extra, fold)
     out_dir = workdir / ("eval_subsets" + (f"_{filler}" if filler else ""))
     args = [config_arg(segmenter, preset), f"--workdir={workdir}", "--config.eval.available=each"]
     args.append(f"--config.eval.output_dir={out_dir}")
     if filler:
-        filler_dir = train(out, filler, preset, extra)
+        filler_dir = train(out, filler, preset, extra, fold)
         args += [
             f"--config.eval.fill_in_workdir={filler_dir}",
             f"--config.eval.fill_in_config=configs/{RUNS[filler][0]}.py:{preset or 'default'}",
         ]
     if not (out_dir / "subsets.json").exists():
         _run("run_eval.py", [*args, *extra, *eval_args])
-    return json.loads((out_dir / "subsets.json").read_text())
+    return json.loads((out_dir / "subsets.json").read_text()) | {"folder": str(out_dir)}
+
+
+def pooled_over_folds(tables: list[dict]) -> dict:
+    """One route's `subsets.json` over several folds: each subset's Dice averaged over every case."""
+    dice = {}
+    for subset in (",".join(s) for s in all_subsets()):
+        rows = []
+        for table in tables:
+            path = pathlib.Path(table["folder"]) / "subsets" / subset.replace(",", "+") / "per_case.csv"
+            rows += list(csv.DictReader(path.open()))
+        regions = [r for r in ("wt", "tc", "et") if f"{r}_dice" in rows[0]]
+        dice[subset] = {r: float(np.mean([float(row[f"{r}_dice"]) for row in rows])) for r in regions}
+    regions = list(next(iter(dice.values())))
+    mean = {r: float(np.mean([v[r] for v in dice.values()])) for r in regions}
+    return {"dice": dice, "mean_over_subsets": mean, "num_cases": sum(t["num_cases"] for t in tables)}
 
 
 def flair_alone_line(routes: dict[str, dict]) -> str:
@@ -128,22 +157,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--eval-args", default="", help="extra --config.* overrides for the subset evaluations"
     )
+    parser.add_argument("--routes", default=",".join(ROUTES), help="comma-separated names of ROUTES")
+    parser.add_argument("--root", default="", help="labelled real cases: cross-validate over them by case")
+    parser.add_argument("--folds", type=int, default=3)
     args, extra = parser.parse_known_args(argv)
     if any(not o.startswith("--config.") for o in extra):
         parser.error(f"unknown arguments {extra}; only --config.* overrides are passed through")
     out = pathlib.Path(args.out).resolve()
     eval_args = shlex.split(args.eval_args)
+    routes = args.routes.split(",")
+    if args.root:
+        per_fold: dict[str, list[dict]] = {label: [] for label in routes}
+        for fold in range(args.folds):  # fold by fold: a partial run covers whole folds
+            data = [f"--config.data.root={args.root}", f"--config.data.folds={args.folds}"]
+            data.append(f"--config.data.fold={fold}")
+            for label in routes:
+                seg, filler = ROUTES[label]
+                per_fold[label].append(
+                    evaluate_route(out, seg, filler, args.preset, extra + data, eval_args, f"fold{fold}")
+                )
+        pooled = {label: pooled_over_folds(tables) for label, tables in per_fold.items()}
+        text = f"Segmentation from each subset (Dice in %, every case of {args.folds} folds)\n\n"
+        text += subsets_markdown(pooled)
+        (out / "missing_real.md").write_text(text)
+        print(text)
+        return
 
     synthesis = {label: evaluate_synthesis(out, run, args.preset, extra) for label, run in SYNTHESIS.items()}
-    routes = {
-        label: evaluate_route(out, seg, filler, args.preset, extra, eval_args)
-        for label, (seg, filler) in ROUTES.items()
-    }
+    routes = {label: evaluate_route(out, *ROUTES[label], args.preset, extra, eval_args) for label in routes}
     text = (
         "Segmentation from each subset (Dice in %, test cases)\n\n"
         + subsets_markdown(routes)
         + "\n"
-        + flair_alone_line(routes)
+        + (flair_alone_line(routes) if "BTSegDiff (all four)" in routes else "")
         + "\nSynthesis of each missing sequence (PSNR in dB, SSIM in %; pooled over the patterns lacking it)"
         + "\n\n"
         + synthesis_markdown(synthesis)
