@@ -48,13 +48,13 @@ SOURCES = {
         ["--config.sampling.fusion=mean"],
     ),
     "BTSegDiff stepwise uncertainty": ("btsegdiff", "btsegdiff", [], []),
-    "BTSegDiff stepwise uncertainty, S = 10": (
+    "BTSegDiff stepwise uncertainty (S = 10)": (
         "btsegdiff",
         "btsegdiff",
         [],
         ["--config.sampling.num_samples=10"],
     ),
-    "BTSegDiff stepwise uncertainty, 10 DDIM steps": (
+    "BTSegDiff stepwise uncertainty (10 DDIM steps)": (
         "btsegdiff",
         "btsegdiff",
         [],
@@ -69,7 +69,7 @@ SOURCES = {
 }
 
 # More chains and more steps: what the stepwise sampler gains from more compute (on request).
-MORE_COMPUTE = ("BTSegDiff stepwise uncertainty, S = 10", "BTSegDiff stepwise uncertainty, 10 DDIM steps")
+MORE_COMPUTE = ("BTSegDiff stepwise uncertainty (S = 10)", "BTSegDiff stepwise uncertainty (10 DDIM steps)")
 DEFAULT_SOURCES = tuple(s for s in SOURCES if s not in MORE_COMPUTE)
 
 
