@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_pipelines import augmentation, brats, slices
+from data_pipelines import augmentation, brats, slice_files, slices
 from diffseg_jax import tensorflow_import
 
 _CACHE_VERSION = 1
@@ -89,12 +89,15 @@ def build_arrays(
     seed: int,
     cache_dir: Path | None,
     progress: bool = True,
+    on_disk: bool = False,
 ) -> dict[str, np.ndarray]:
     """Load all cases into {"image", "label", "z", "case"} slice arrays (cached on disk).
 
     Loading NIfTI volumes is the slow part of every run, so the result is stored as an .npz
     keyed by the inputs; ``case`` indexes into ``cases``. Slice sampling of case ``i`` uses
-    ``np.random.default_rng([seed, i])`` so it does not depend on the other cases.
+    ``np.random.default_rng([seed, i])`` so it does not depend on the other cases. ``on_disk``: the
+    arrays stay in a folder of .npy files under ``cache_dir``, prepared one case at a time, and come
+    back as :class:`~data_pipelines.slice_files.RowFile` readers (memory does not grow with the cases).
     """
     if target not in slices.TARGET_CHANNELS:
         raise ValueError(f"target must be one of {sorted(slices.TARGET_CHANNELS)}, got {target!r}")
@@ -105,6 +108,14 @@ def build_arrays(
         "healthy_fraction": float(healthy_fraction),
         "seed": int(seed),
     }
+    if on_disk:
+        if cache_dir is None:
+            raise ValueError("on_disk slice arrays need a cache_dir")
+        folder = Path(cache_dir) / f"slices_{_cache_key(cases, params)}"
+        if folder.is_dir():
+            return slice_files.read_folder(folder)
+        bar = tqdm(cases, desc="preparing slices", unit="case", disable=not progress)
+        return slice_files.write_cases(folder, (_case_slices(case, i, params) for i, case in enumerate(bar)))
     cache_path = None
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"slices_{_cache_key(cases, params)}.npz"
@@ -115,17 +126,8 @@ def build_arrays(
     channels = slices.TARGET_CHANNELS[target]
     parts: dict[str, list[np.ndarray]] = {"image": [], "label": [], "z": [], "case": []}
     for i, case in enumerate(tqdm(cases, desc="preparing slices", unit="case", disable=not progress)):
-        ex = slices.case_examples(
-            brats.load_case(case),
-            image_size,
-            target=target,
-            slice_range=slice_range,
-            healthy_fraction=healthy_fraction,
-            rng=np.random.default_rng([seed, i]),
-        )
-        for key in ("image", "label", "z"):
-            parts[key].append(ex[key])
-        parts["case"].append(np.full(len(ex["z"]), i, dtype=np.int32))
+        for key, value in _case_slices(case, i, params).items():
+            parts[key].append(value)
     empty = {
         "image": np.zeros((0, image_size, image_size, len(brats.MODALITIES)), np.float32),
         "label": np.zeros((0, image_size, image_size, channels), np.float32),
@@ -136,6 +138,19 @@ def build_arrays(
     if cache_path is not None:
         _save_atomic(cache_path, arrays)
     return arrays
+
+
+def _case_slices(case: brats.CaseFiles, index: int, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The examples of the `index`-th case, with their case index."""
+    ex = slices.case_examples(
+        brats.load_case(case),
+        params["image_size"],
+        target=params["target"],
+        slice_range=None if params["slice_range"] is None else tuple(params["slice_range"]),
+        healthy_fraction=params["healthy_fraction"],
+        rng=np.random.default_rng([params["seed"], index]),
+    )
+    return {**{k: ex[k] for k in ("image", "label", "z")}, "case": np.full(len(ex["z"]), index, np.int32)}
 
 
 def train_batches(
@@ -173,8 +188,7 @@ def train_batches(
         augment = augmentation.Augmentation(flips=augment, quarter_turns=augment)
     tf = _tf()
     local = global_batch_size // process_count
-    images = tf.convert_to_tensor(arrays["image"])
-    labels = tf.convert_to_tensor(arrays["label"])
+    gather = _gather_from_files(tf, arrays) if _on_disk(arrays) else _gather_in_memory(tf, arrays)
     seed_t = tf.constant(seed, tf.int64)
     n_t = tf.constant(n, tf.int64)
 
@@ -183,7 +197,7 @@ def train_batches(
         idx = tf.random.experimental.index_shuffle(
             k % n_t, seed=tf.stack([seed_t, k // n_t]), max_index=n_t - 1
         )
-        image, label = tf.gather(images, idx), tf.gather(labels, idx)
+        image, label = gather(idx)
         if augment.active:
             image, label = augmentation.apply(tf, image, label, augment, tf.stack([seed_t, k]))
         return {"image": image, "label": label}
@@ -197,6 +211,32 @@ def train_batches(
     if prefetch > 0:
         ds = ds.prefetch(prefetch)
     return ds.as_numpy_iterator()
+
+
+def _on_disk(arrays: Mapping[str, Any]) -> bool:
+    return isinstance(arrays["image"], slice_files.RowFile)
+
+
+def _gather_in_memory(tf: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    images, labels = tf.convert_to_tensor(arrays["image"]), tf.convert_to_tensor(arrays["label"])
+    return lambda idx: (tf.gather(images, idx), tf.gather(labels, idx))
+
+
+def _gather_from_files(tf: Any, arrays: Mapping[str, Any]) -> Any:
+    """Example `idx` read from the .npy files (the same values `_gather_in_memory` takes from arrays)."""
+    images, labels = arrays["image"], arrays["label"]
+
+    def read(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return images.row(int(idx)), labels.row(int(idx))
+
+    def gather(idx: Any) -> tuple[Any, Any]:
+        dtypes = (tf.as_dtype(images.dtype), tf.as_dtype(labels.dtype))
+        image, label = tf.numpy_function(read, [idx], dtypes, stateful=False)
+        image.set_shape(images.shape[1:])
+        label.set_shape(labels.shape[1:])
+        return image, label
+
+    return gather
 
 
 def eval_batches(

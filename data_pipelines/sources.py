@@ -83,15 +83,21 @@ def load_splits(config: ml_collections.ConfigDict, progress: bool = True) -> dic
 
 
 def slice_arrays(
-    config: ml_collections.ConfigDict, cases: list[brats.CaseFiles], seed: int, progress: bool = True
+    config: ml_collections.ConfigDict,
+    cases: list[brats.CaseFiles],
+    seed: int,
+    progress: bool = True,
+    on_disk: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The 2D examples of `cases` as the config's data fields cut them (cached under the cache dir)."""
+    """The 2D examples of `cases` as the config's data fields cut them (cached under the cache dir;
+    `on_disk`: left there and read a row at a time, `input_pipeline.build_arrays`)."""
     d = config.data
     return input_pipeline.build_arrays(
         cases,
         seed=seed,
         cache_dir=cache_dir(config) / "slices",
         progress=progress,
+        on_disk=on_disk,
         image_size=d.image_size,
         target=d.target,
         slice_range=slice_range(config),
@@ -125,7 +131,8 @@ def training_slices(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:
     """(train slices, validation slices, one line describing them) of the labelled BraTS-layout cases."""
     splits = load_splits(config, progress)
-    train = slice_arrays(config, splits["train"], config.seed, progress)
+    on_disk = bool(config.data.get("slices_on_disk", False))
+    train = slice_arrays(config, splits["train"], config.seed, progress, on_disk)
     val = slice_arrays(config, splits["val"], config.seed + 1, progress)
     val = evenly_spaced(val, config.train.val_max_slices)
     counts = "/".join(str(len(splits[s])) for s in brats.SPLITS)

@@ -129,6 +129,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     d.augment_intensity_shift = 0.0  # > 0: each sequence + U(-d, d) inside the brain (z-score units)
     d.available = ""  # e.g. 't1,flair': the sequences the cases have (others may lack files; zero channels)
     d.layout = ""  # '' = BraTS namings, or MSD / nnU-Net by a dataset.json; else a layout JSON file
+    # True: the training slices stay on disk (.npy files under the cache dir) and are read an example at a
+    # time, so memory does not grow with the number of cases; the batches are the same as in memory.
+    d.slices_on_disk = False
     d.on_bad_case = "stop"  # a case that fails the check before training: 'stop' the run or 'skip' it
     d.folds = 0  # >= 3: cross-validation by patient, fold `data.fold` is the test split (val: the next)
     d.fold = 0

@@ -154,3 +154,29 @@ def test_build_arrays_and_cache(tmp_path, monkeypatch):
     assert wt["label"].shape == (8, 8, 8, 1)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
     assert not list((tmp_path / "cache").glob(".*"))  # no temporary files left behind
+
+
+def test_slices_kept_on_disk_are_the_in_memory_slices_and_give_the_same_batches(tmp_path):
+    from data_pipelines import slice_files
+
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        _write_case(tmp_path / "data", f"BraTS2021_{i:05d}", rng)
+    cases = brats.find_cases(tmp_path / "data", require_seg=True)
+    kw = dict(image_size=8, target="regions", slice_range=None, healthy_fraction=0.5, seed=0, progress=False)
+    in_memory = ip.build_arrays(cases, cache_dir=None, **kw)
+    on_disk = ip.build_arrays(cases, cache_dir=tmp_path / "cache", on_disk=True, **kw)
+    assert isinstance(on_disk["image"], slice_files.RowFile)
+    for key, value in in_memory.items():
+        assert on_disk[key].shape == value.shape and on_disk[key].dtype == value.dtype
+        np.testing.assert_array_equal(np.asarray(on_disk[key]), value)
+        np.testing.assert_array_equal(on_disk[key][[4, 0, 4]], value[[4, 0, 4]])
+        np.testing.assert_array_equal(on_disk[key][-1], value[-1])
+    (folder,) = (tmp_path / "cache").iterdir()  # one folder of .npy files, no temporary left behind
+    assert sorted(p.name for p in folder.iterdir()) == ["case.npy", "image.npy", "label.npy", "z.npy"]
+    reread = ip.build_arrays(cases, cache_dir=tmp_path / "cache", on_disk=True, **kw)
+    np.testing.assert_array_equal(np.asarray(reread["label"]), in_memory["label"])
+    augment = dict(global_batch_size=4, seed=3, augment=True, start_step=2)
+    for a, b in zip(_take(in_memory, 4, **augment), _take(on_disk, 4, **augment), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])  # the same examples, augmented alike
+        np.testing.assert_array_equal(a["label"], b["label"])
