@@ -133,8 +133,8 @@ def training_slices(
     splits = load_splits(config, progress)
     on_disk = bool(config.data.get("slices_on_disk", False))
     train = slice_arrays(config, splits["train"], config.seed, progress, on_disk)
-    val = slice_arrays(config, splits["val"], config.seed + 1, progress)
-    val = evenly_spaced(val, config.train.val_max_slices)
+    val = slice_arrays(config, splits["val"], config.seed + 1, progress, on_disk)
+    val = evenly_spaced(val, config.train.val_max_slices)  # in memory: at most val_max_slices
     counts = "/".join(str(len(splits[s])) for s in brats.SPLITS)
     return train, val, f"cases train/val/test: {counts}; train slices: {len(train['image'])}"
 
