@@ -12,7 +12,8 @@ from diffseg_jax import tasks
 from diffseg_jax.config_defaults import ConfigError, base_config
 from diffseg_jax.methods.registry import available_methods, build_method
 
-CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+CONFIG_FILES = (pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py")
+CONFIGS = sorted(p.stem for p in CONFIG_FILES if p.stem != "__init__")
 
 
 def _smoke(name: str):
