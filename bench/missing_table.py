@@ -3,7 +3,7 @@
     python bench/missing_table.py --out=runs/missing                      # default preset (CPU demo)
     python bench/missing_table.py --out=/tmp/m --preset=smoke             # seconds, to try it
     python bench/missing_table.py --eval-args="--config.sampling.num_samples=1"   # cheaper sampling
-    python bench/missing_table.py --out=runs/real_brats --preset=real --root=../shared/real/brats2018-twelve \
+    python bench/missing_table.py --out=runs/real_brats --preset=real --root=/path/to/brats2018-twelve \
         --routes="BTSegDiff + dropout,M2DN → BTSegDiff,ShaSpec"   # real scans, folds by case
 
 Routes, each evaluated on the test cases with every one of the 15 non-empty subsets (`eval.available=each`;

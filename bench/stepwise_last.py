@@ -1,7 +1,7 @@
 """Stepwise uncertainty over the full 1000-step chain: every estimate fused, or only the chain's last k.
 
     python bench/stepwise_last.py --workdir=runs/real_brats/btsegdiff/fold0 --preset=real \
-        --root=../shared/real/brats2018-twelve --fold=0 --out=runs/stepwise_last
+        --root=/path/to/brats2018-twelve --fold=0 --out=runs/stepwise_last
 
 Over T = 1000 DDPM steps the stepwise weights exp(sigmoid(t / T)) * (1 - U_t) barely favour the late
 estimates (last / first 1.26), so the early, noisy ones count nearly as much; the public BTSegDiff code fuses

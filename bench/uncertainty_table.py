@@ -4,7 +4,7 @@ or cross-validated by case over real scans.
     python bench/uncertainty_table.py --runs=runs/compare --out=runs/uncertainty
     python bench/uncertainty_table.py --runs=/tmp/u --out=/tmp/u --preset=smoke   # to try it
     python bench/uncertainty_table.py --runs=runs/real_brats --out=runs/real_uncertainty --preset=real \
-        --root=../shared/real/brats2018-twelve          # the folds of bench/real_brats.py, every case once
+        --root=/path/to/brats2018-twelve          # the folds of bench/real_brats.py, every case once
 
 Sources: the U-Net's softmax entropy, the U-Net with flip test-time augmentation (entropy of the mean over
 four flips), a U-Net trained with dropout 0.1 and evaluated with MC dropout (entropy of the mean of 10
