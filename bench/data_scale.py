@@ -83,29 +83,17 @@ def train_run(args, preset: str, cases: pathlib.Path, mode: str, work: pathlib.P
 
 def pipeline_rate(args, preset: str, cases: pathlib.Path, mode: str, cache: pathlib.Path) -> dict:
     """Examples/s of the training split read back from `cache` (median of three rounds after a warm-up)."""
-    import numpy as np
+    from pipeline_scale import throughput  # bench/ is the script's folder, on sys.path
 
-    from data_pipelines import augmentation, input_pipeline, sources
+    from data_pipelines import augmentation, sources
 
     config = importlib.import_module("configs.btsegdiff").get_config(preset)
     config.data.root, config.data.cache_dir = str(cases), str(cache)
     config.data.slices_on_disk = mode == "disk"
-    train, _, description = sources.training_slices(config, progress=False)
-    stream = input_pipeline.train_batches(
-        train,
-        global_batch_size=config.train.batch_size,
-        seed=0,
-        augment=augmentation.from_config(config.data),
-    )
-    for _ in range(3):
-        next(stream)
-    rates = []
-    for _ in range(3):
-        tic = time.perf_counter()
-        for _ in range(args.batches):
-            next(stream)
-        rates.append(args.batches * config.train.batch_size / (time.perf_counter() - tic))
-    return {"train_slices": len(train["image"]), "examples_per_second": round(float(np.median(rates)), 1)}
+    train, _, _ = sources.training_slices(config, progress=False)
+    augment = augmentation.from_config(config.data)
+    rate = throughput(train, config.train.batch_size, args.batches, augment)["examples_per_second"]
+    return {"train_slices": len(train["image"]), "examples_per_second": rate}
 
 
 def main() -> None:

@@ -25,11 +25,16 @@ class RowFile:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = pathlib.Path(path)
         with open(self.path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
-                version, np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(f)
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                    version, np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read_header(f)
+            except ValueError as err:
+                raise ValueError(
+                    f"{self.path}: not a readable .npy file ({err}); delete its folder to prepare it again"
+                ) from None
             self._offset = f.tell()
         if fortran:
             raise ValueError(f"{self.path}: Fortran-ordered arrays are not supported")
