@@ -25,6 +25,7 @@ import re
 import types
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -77,6 +78,10 @@ class CaseFiles:
 
     def __hash__(self) -> int:  # the mapping is unhashable; id + folder identify a case
         return hash((self.case_id, self.folder))
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # read-only mappings do not pickle; plain dicts do
+        fields = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return CaseFiles, tuple(dict(v) if isinstance(v, types.MappingProxyType) else v for v in fields)
 
     @property
     def convention(self) -> Convention:

@@ -9,10 +9,7 @@ global batch. TensorFlow is only used on the CPU and imported lazily.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +17,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_pipelines import augmentation, brats, slice_files, slices
+from data_pipelines import augmentation, brats, case_cache, slice_files, slices
 from diffseg_jax import tensorflow_import
 
-_CACHE_VERSION = 1
 _TF_CONFIGURED = False
 
 
@@ -54,31 +50,6 @@ def _tf() -> Any:
     return tf
 
 
-def _cache_key(cases: Sequence[brats.CaseFiles], params: Mapping[str, Any]) -> str:
-    """Hash of case ids, file sizes + mtimes and parameters: any change rebuilds the cache."""
-    files = []
-    for case in cases:
-        paths = [case.images[m] for m in sorted(case.images)]
-        paths += [case.seg] if case.seg is not None else []
-        stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in map(Path, paths)]
-        files.append([case.case_id, stats])
-    blob = json.dumps({"version": _CACHE_VERSION, "params": params, "files": files}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def _save_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write via a temporary file in the same folder so a killed job never leaves half a cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_arrays(
     cases: Sequence[brats.CaseFiles],
     *,
@@ -90,14 +61,15 @@ def build_arrays(
     cache_dir: Path | None,
     progress: bool = True,
     on_disk: bool = False,
+    workers: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Load all cases into {"image", "label", "z", "case"} slice arrays (cached on disk).
+    """All cases' examples as {"image", "label", "z", "case"} slice arrays; ``case`` indexes into ``cases``.
 
-    Loading NIfTI volumes is the slow part of every run, so the result is stored as an .npz
-    keyed by the inputs; ``case`` indexes into ``cases``. Slice sampling of case ``i`` uses
-    ``np.random.default_rng([seed, i])`` so it does not depend on the other cases. ``on_disk``: the
-    arrays stay in a folder of .npy files under ``cache_dir``, prepared one case at a time, and come
-    back as :class:`~data_pipelines.slice_files.RowFile` readers (memory does not grow with the cases).
+    With a ``cache_dir`` each case is prepared once into its own folder there (`case_cache`: reused across
+    runs and splits, prepared again when its files or these settings change; ``workers`` processes, 0 = one
+    per core). ``on_disk``: image and label stay in those files and come back as
+    :class:`~data_pipelines.slice_files.CaseRows` readers (memory does not grow with the cases); otherwise
+    they are read into arrays. The slices drawn from a case depend on ``seed`` and its id only.
     """
     if target not in slices.TARGET_CHANNELS:
         raise ValueError(f"target must be one of {sorted(slices.TARGET_CHANNELS)}, got {target!r}")
@@ -108,49 +80,35 @@ def build_arrays(
         "healthy_fraction": float(healthy_fraction),
         "seed": int(seed),
     }
-    if on_disk:
-        if cache_dir is None:
-            raise ValueError("on_disk slice arrays need a cache_dir")
-        folder = Path(cache_dir) / f"slices_{_cache_key(cases, params)}"
-        if folder.is_dir():
-            return slice_files.read_folder(folder)
-        bar = tqdm(cases, desc="preparing slices", unit="case", disable=not progress)
-        return slice_files.write_cases(folder, (_case_slices(case, i, params) for i, case in enumerate(bar)))
-    cache_path = None
-    if cache_dir is not None:
-        cache_path = Path(cache_dir) / f"slices_{_cache_key(cases, params)}.npz"
-        if cache_path.exists():
-            with np.load(cache_path) as data:
-                return {k: data[k] for k in data.files}
-
     channels = slices.TARGET_CHANNELS[target]
-    parts: dict[str, list[np.ndarray]] = {"image": [], "label": [], "z": [], "case": []}
-    for i, case in enumerate(tqdm(cases, desc="preparing slices", unit="case", disable=not progress)):
-        for key, value in _case_slices(case, i, params).items():
-            parts[key].append(value)
-    empty = {
-        "image": np.zeros((0, image_size, image_size, len(brats.MODALITIES)), np.float32),
-        "label": np.zeros((0, image_size, image_size, channels), np.float32),
-        "z": np.zeros((0,), np.int32),
-        "case": np.zeros((0,), np.int32),
-    }
-    arrays = {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
-    if cache_path is not None:
-        _save_atomic(cache_path, arrays)
-    return arrays
+    if not cases:
+        return {
+            "image": np.zeros((0, image_size, image_size, len(brats.MODALITIES)), np.float32),
+            "label": np.zeros((0, image_size, image_size, channels), np.float32),
+            "z": np.zeros((0,), np.int32),
+            "case": np.zeros((0,), np.int32),
+        }
+    if cache_dir is None:
+        if on_disk:
+            raise ValueError("on_disk slice arrays need a cache_dir")
+        bar = tqdm(cases, desc="preparing slices", unit="case", disable=not progress)
+        per_case = [case_cache.case_slices(case, params) for case in bar]
+        return _joined([{k: p[k] for k in case_cache.ARRAYS} for p in per_case])
+    folders = case_cache.prepare(cases, params, Path(cache_dir), workers=workers, progress=progress)
+    z = [np.load(folder / "z.npy") for folder in folders]
+    if on_disk:
+        rows = {k: slice_files.CaseRows([f / f"{k}.npy" for f in folders]) for k in ("image", "label")}
+        return {**rows, "z": np.concatenate(z), "case": _case_index([len(v) for v in z])}
+    return _joined([{k: np.load(f / f"{k}.npy") for k in case_cache.ARRAYS} for f in folders])
 
 
-def _case_slices(case: brats.CaseFiles, index: int, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The examples of the `index`-th case, with their case index."""
-    ex = slices.case_examples(
-        brats.load_case(case),
-        params["image_size"],
-        target=params["target"],
-        slice_range=None if params["slice_range"] is None else tuple(params["slice_range"]),
-        healthy_fraction=params["healthy_fraction"],
-        rng=np.random.default_rng([params["seed"], index]),
-    )
-    return {**{k: ex[k] for k in ("image", "label", "z")}, "case": np.full(len(ex["z"]), index, np.int32)}
+def _case_index(counts: Sequence[int]) -> np.ndarray:
+    return np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+
+
+def _joined(per_case: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    arrays = {k: np.concatenate([p[k] for p in per_case]) for k in case_cache.ARRAYS}
+    return {**arrays, "case": _case_index([len(p["z"]) for p in per_case])}
 
 
 def train_batches(
@@ -214,7 +172,7 @@ def train_batches(
 
 
 def _on_disk(arrays: Mapping[str, Any]) -> bool:
-    return isinstance(arrays["image"], slice_files.RowFile)
+    return isinstance(arrays["image"], slice_files.RowFile)  # CaseRows too
 
 
 def _gather_in_memory(tf: Any, arrays: Mapping[str, np.ndarray]) -> Any:

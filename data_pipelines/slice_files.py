@@ -1,22 +1,19 @@
 """Slice arrays kept on disk and read a row at a time, so memory does not grow with the dataset.
 
-A prepared training set is a folder of `.npy` files (image, label, z, case), written one case at a time. A
-`RowFile` reads rows of one of them with `os.pread`: no file position is shared, so tf.data's parallel reads
-are safe, and only the rows asked for enter the process (a memory map would count every page it ever touched
-as the process's memory, up to the whole file).
+Each case's examples are `.npy` files in its cache folder (`case_cache`). A `RowFile` reads rows of one of
+them with `os.pread`, opening the file for each read: no file position is shared, so tf.data's parallel
+reads are safe, no descriptor stays open per case (thousands of cases stay under the open-file limit), and
+only the rows asked for enter the process (a memory map would count every page it ever touched as the
+process's memory, up to the whole file). `CaseRows` joins the cases' files into one row sequence.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import shutil
-import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Sequence
 
 import numpy as np
-
-KEYS = ("image", "label", "z", "case")
 
 
 class RowFile:
@@ -41,12 +38,6 @@ class RowFile:
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self._row_shape = self.shape[1:]
         self._row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * self.dtype.itemsize
-        self._fd = os.open(self.path, os.O_RDONLY)
-
-    def __del__(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -54,7 +45,13 @@ class RowFile:
     def row(self, index: int) -> np.ndarray:
         if not 0 <= index < len(self):
             raise IndexError(f"{self.path}: row {index} of {len(self)}")
-        data = os.pread(self._fd, self._row_bytes, self._offset + index * self._row_bytes)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, self._row_bytes, self._offset + index * self._row_bytes)
+        finally:
+            os.close(fd)
+        if len(data) != self._row_bytes:
+            raise ValueError(f"{self.path}: row {index} is cut short; delete its folder to prepare it again")
         return np.frombuffer(data, self.dtype).reshape(self._row_shape)
 
     def __getitem__(self, key) -> np.ndarray:
@@ -69,45 +66,27 @@ class RowFile:
         return whole if dtype is None else whole.astype(dtype)
 
 
-def write_cases(folder: pathlib.Path, cases: Iterable[Mapping[str, np.ndarray]]) -> dict[str, RowFile]:
-    """Writes each case's slice arrays (KEYS) to <folder>/<key>.npy, holding one case in memory at a time.
+class CaseRows(RowFile):
+    """The rows of several cases' `.npy` files of one array, as one sequence (case after case)."""
 
-    Cases go to a temporary folder first (their row counts are known only at the end), then into the final
-    files; the folder appears complete or not at all.
-    """
-    folder = pathlib.Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        counts, examples = [], {}
-        for i, case in enumerate(cases):
-            for key in KEYS:
-                np.save(work / f"{i}_{key}.npy", case[key])
-            counts.append(len(case["z"]))
-            examples = {key: case[key] for key in KEYS}
-        if not examples:
-            raise ValueError("no case to write")
-        total = sum(counts)
-        done = work / "arrays"
-        done.mkdir()
-        for key in KEYS:
-            shape = (total, *examples[key].shape[1:])
-            out = np.lib.format.open_memmap(done / f"{key}.npy", "w+", examples[key].dtype, shape)
-            start = 0
-            for i, count in enumerate(counts):
-                out[start : start + count] = np.load(work / f"{i}_{key}.npy")
-                start += count
-            out.flush()
-            del out
-        try:
-            os.replace(done, folder)
-        except OSError:  # another process wrote the same folder first: theirs is the same data
-            if not folder.is_dir():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return read_folder(folder)
+    def __init__(self, paths: Sequence[str | os.PathLike[str]]):
+        if not paths:
+            raise ValueError("no case to read")
+        self.files = [RowFile(p) for p in paths]
+        first = self.files[0]
+        for f in self.files[1:]:
+            if f.shape[1:] != first.shape[1:] or f.dtype != first.dtype:
+                raise ValueError(
+                    f"{f.path}: rows {f.shape[1:]} {f.dtype} differ from {first.path}'s "
+                    f"{first.shape[1:]} {first.dtype}; delete the cache folders to prepare them again"
+                )
+        self.path = first.path.parent.parent
+        self._starts = np.cumsum([0] + [len(f) for f in self.files])
+        self.shape = (int(self._starts[-1]), *first.shape[1:])
+        self.dtype, self._row_shape = first.dtype, first.shape[1:]
 
-
-def read_folder(folder: pathlib.Path) -> dict[str, RowFile]:
-    return {key: RowFile(pathlib.Path(folder) / f"{key}.npy") for key in KEYS}
+    def row(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)} (cases under {self.path})")
+        case = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.files[case].row(index - int(self._starts[case]))

@@ -98,6 +98,7 @@ def slice_arrays(
         cache_dir=cache_dir(config) / "slices",
         progress=progress,
         on_disk=on_disk,
+        workers=int(d.get("prepare_workers", 0) or 0),
         image_size=d.image_size,
         target=d.target,
         slice_range=slice_range(config),
@@ -131,7 +132,7 @@ def training_slices(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:
     """(train slices, validation slices, one line describing them) of the labelled BraTS-layout cases."""
     splits = load_splits(config, progress)
-    on_disk = bool(config.data.get("slices_on_disk", False))
+    on_disk = bool(config.data.get("slices_on_disk", True))
     train = slice_arrays(config, splits["train"], config.seed, progress, on_disk)
     val = slice_arrays(config, splits["val"], config.seed + 1, progress, on_disk)
     val = evenly_spaced(val, config.train.val_max_slices)  # in memory: at most val_max_slices

@@ -129,9 +129,11 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     d.augment_intensity_shift = 0.0  # > 0: each sequence + U(-d, d) inside the brain (z-score units)
     d.available = ""  # e.g. 't1,flair': the sequences the cases have (others may lack files; zero channels)
     d.layout = ""  # '' = BraTS namings, or MSD / nnU-Net by a dataset.json; else a layout JSON file
-    # True: the training slices stay on disk (.npy files under the cache dir) and are read an example at a
-    # time, so memory does not grow with the number of cases; the batches are the same as in memory.
-    d.slices_on_disk = False
+    # Each case is prepared once into its own folder under the cache dir (`prepare_workers` processes; 0 = one
+    # per core, at most 8). True: the training slices stay in those .npy files and are read an example at a
+    # time, so memory does not grow with the number of cases; False: read into memory (same batches).
+    d.slices_on_disk = True
+    d.prepare_workers = 0
     d.on_bad_case = "stop"  # a case that fails the check before training: 'stop' the run or 'skip' it
     d.folds = 0  # >= 3: cross-validation by patient, fold `data.fold` is the test split (val: the next)
     d.fold = 0

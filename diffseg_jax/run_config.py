@@ -23,7 +23,13 @@ FILE = "config.json"
 # Fields whose value fixes the network or what the data mean; "data." except those that only change how
 # the cases are read or augmented.
 PROTECTED = ("method", "task", "model.", "diffusion.", "data.")
-NOT_PROTECTED = ("data.cache_dir", "data.on_bad_case", "data.augment", "data.slices_on_disk")
+NOT_PROTECTED = (
+    "data.cache_dir",
+    "data.on_bad_case",
+    "data.augment",
+    "data.slices_on_disk",
+    "data.prepare_workers",
+)
 PATH_FIELDS = ("data.root", "train.init_from")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -121,9 +122,13 @@ def _write_case(root: Path, case_id: str, rng: np.random.Generator) -> None:
     nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{case_id}_seg.nii.gz")
 
 
+def _case_folders(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.iterdir() if not p.name.startswith("."))
+
+
 def test_build_arrays_and_cache(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
-    for i in range(2):
+    for i in range(3):
         _write_case(tmp_path / "data", f"BraTS2021_{i:05d}", rng)
     cases = brats.find_cases(tmp_path / "data", require_seg=True)
     kw = dict(
@@ -135,25 +140,54 @@ def test_build_arrays_and_cache(tmp_path, monkeypatch):
         cache_dir=tmp_path / "cache",
         progress=False,
     )
-    arrays = ip.build_arrays(cases, **kw)
+    arrays = ip.build_arrays(cases[:2], **kw)
     n = len(arrays["z"])
     assert n == 6  # per case: 2 tumour slices + 1 healthy
     assert arrays["image"].shape == (n, 8, 8, 4) and arrays["label"].shape == (n, 8, 8, 3)
     assert arrays["case"].dtype == np.int32 and arrays["case"].tolist() == [0, 0, 0, 1, 1, 1]
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    assert [p.name.split("-")[0] for p in _case_folders(tmp_path / "cache")] == [c.case_id for c in cases[:2]]
 
-    def boom(case):
-        raise AssertionError("cache was not used")
-
-    monkeypatch.setattr(brats, "load_case", boom)
-    again = ip.build_arrays(cases, **kw)
+    prepared = []
+    real_load = brats.load_case
+    monkeypatch.setattr(brats, "load_case", lambda case: prepared.append(case.case_id) or real_load(case))
+    again = ip.build_arrays(cases[:2], **kw)
     for key, value in arrays.items():
         np.testing.assert_array_equal(again[key], value)
+    # another split: only the new case is prepared, and a case's slices do not depend on its position
+    other = ip.build_arrays([cases[2], cases[0]], workers=1, **kw)
+    assert prepared == [cases[2].case_id]
+    first = other["case"] == 1
+    np.testing.assert_array_equal(other["image"][first], arrays["image"][arrays["case"] == 0])
+    np.testing.assert_array_equal(other["z"][first], arrays["z"][arrays["case"] == 0])
+    # a changed file prepares that case again
+    seg = cases[0].seg
+    os.utime(seg, ns=(seg.stat().st_atime_ns, seg.stat().st_mtime_ns + 10**9))
+    prepared.clear()
+    ip.build_arrays(cases[:2], workers=1, **kw)
+    assert prepared == [cases[0].case_id]
     monkeypatch.undo()
-    wt = ip.build_arrays(cases, **{**kw, "target": "wt", "slice_range": (1, 5)})
+    wt = ip.build_arrays(cases[:2], **{**kw, "target": "wt", "slice_range": (1, 5)})
     assert wt["label"].shape == (8, 8, 8, 1)
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    assert len(_case_folders(tmp_path / "cache")) == 6  # 3 cases, a changed file, 2 with other settings
     assert not list((tmp_path / "cache").glob(".*"))  # no temporary files left behind
+
+
+def test_cases_are_prepared_in_worker_processes_as_in_one(tmp_path):
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        _write_case(tmp_path / "data", f"Brats18_TCIA01_{i}_1", rng)
+    cases = brats.find_cases(tmp_path / "data", require_seg=True)
+    kw = dict(image_size=8, target="regions", slice_range=None, healthy_fraction=0.5, seed=0, progress=False)
+    serial = ip.build_arrays(cases, cache_dir=tmp_path / "one", workers=1, **kw)
+    parallel = ip.build_arrays(cases, cache_dir=tmp_path / "two", workers=2, **kw)
+    for key, value in serial.items():
+        np.testing.assert_array_equal(parallel[key], value)
+    broken = tmp_path / "data" / "Brats18_TCIA01_1_1" / "Brats18_TCIA01_1_1_t2.nii.gz"
+    broken.write_bytes(b"not a nifti file")
+    with pytest.raises(
+        brats.DataError, match="Brats18_TCIA01_1_1_t2.nii.gz"
+    ):  # a worker's error names its file
+        ip.build_arrays(cases, cache_dir=tmp_path / "three", workers=2, **kw)
 
 
 def test_slices_kept_on_disk_are_the_in_memory_slices_and_give_the_same_batches(tmp_path):
@@ -166,14 +200,18 @@ def test_slices_kept_on_disk_are_the_in_memory_slices_and_give_the_same_batches(
     kw = dict(image_size=8, target="regions", slice_range=None, healthy_fraction=0.5, seed=0, progress=False)
     in_memory = ip.build_arrays(cases, cache_dir=None, **kw)
     on_disk = ip.build_arrays(cases, cache_dir=tmp_path / "cache", on_disk=True, **kw)
-    assert isinstance(on_disk["image"], slice_files.RowFile)
+    assert isinstance(on_disk["image"], slice_files.CaseRows)
     for key, value in in_memory.items():
         assert on_disk[key].shape == value.shape and on_disk[key].dtype == value.dtype
         np.testing.assert_array_equal(np.asarray(on_disk[key]), value)
         np.testing.assert_array_equal(on_disk[key][[4, 0, 4]], value[[4, 0, 4]])
         np.testing.assert_array_equal(on_disk[key][-1], value[-1])
-    (folder,) = (tmp_path / "cache").iterdir()  # one folder of .npy files, no temporary left behind
-    assert sorted(p.name for p in folder.iterdir()) == ["case.npy", "image.npy", "label.npy", "z.npy"]
+    folders = list(
+        (tmp_path / "cache").iterdir()
+    )  # a folder of .npy files per case, no temporary left behind
+    assert len(folders) == 3 and all(
+        sorted(p.name for p in f.iterdir()) == ["image.npy", "label.npy", "z.npy"] for f in folders
+    )
     reread = ip.build_arrays(cases, cache_dir=tmp_path / "cache", on_disk=True, **kw)
     np.testing.assert_array_equal(np.asarray(reread["label"]), in_memory["label"])
     augment = dict(global_batch_size=4, seed=3, augment=True, start_step=2)
