@@ -7,7 +7,7 @@ pipeline's examples/s against the train step's need, for 12, 120 and 1,200 cases
 The cases are the labelled real ones (`--root`) repeated under new case ids (folders of symbolic links), so
 every case is prepared like a distinct one. Each point is one `run_train.py` of `--steps` steps (BTSegDiff, no
 validation) with a fresh cache (`DIFFSEG_CACHE`), so preparation is included: its wall clock, the process's
-peak resident memory (`wait4`), the cache's size, and the first and median step seconds. Then, in this
+peak resident memory (`wait4`: the largest of it and its preparation workers), the cache's size, and the first and median step seconds. Then, in this
 process, the training split read back from that cache feeds `input_pipeline.train_batches` (augmentation on):
 examples/s (median of three rounds) against what the train step consumes (batch / median step seconds).
 Modes: `memory` (the slices in one array) and `disk` (`data.slices_on_disk`). One JSON line per point.
@@ -62,6 +62,7 @@ def train_run(args, preset: str, cases: pathlib.Path, mode: str, work: pathlib.P
         f"--config.train.steps={args.steps}",
         "--config.train.eval_every=0",
         f"--config.data.slices_on_disk={mode == 'disk'}",
+        f"--config.data.prepare_workers={args.workers}",
     ]
     tic = time.perf_counter()
     child = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "DIFFSEG_CACHE": str(cache)})
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--modes", default="disk", help="memory, disk or both")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=0, help="preparation processes (0 = one per core)")
     parser.add_argument(
         "--work", default="", help="where the case folders and caches go (default: a temp dir)"
     )
@@ -123,7 +125,7 @@ def main() -> None:
             for mode in args.modes.split(","):
                 work = work_root / f"{preset}_{mode}_{count}"
                 shutil.rmtree(work, ignore_errors=True)
-                record = {"cases": count, "preset": preset, "mode": mode}
+                record = {"cases": count, "preset": preset, "mode": mode, "workers": args.workers}
                 record.update(train_run(args, preset, cases, mode, work))
                 record.update(pipeline_rate(args, preset, cases, mode, record.pop("cache")))
                 need = record["batch_size"] / record["median_step_seconds"]
