@@ -6,10 +6,11 @@ pipeline's examples/s against the train step's need, for 12, 120 and 1,200 cases
 
 The cases are the labelled real ones (`--root`) repeated under new case ids (folders of symbolic links), so
 every case is prepared like a distinct one. Each point is one `run_train.py` of `--steps` steps (BTSegDiff, no
-validation) with a fresh cache (`DIFFSEG_CACHE`), so preparation is included: its wall clock, the process's
-peak resident memory (`wait4`: the largest of it and its preparation workers), the cache's size, and the first and median step seconds. Then, in this
-process, the training split read back from that cache feeds `input_pipeline.train_batches` (augmentation on):
-examples/s (median of three rounds) against what the train step consumes (batch / median step seconds).
+validation) with a fresh cache (`DIFFSEG_CACHE`), so preparation is included (`--workers` processes): its
+wall clock, the peak resident memory (`wait4`: the largest of the run and its preparation workers), the
+cache's size, and the first and median step seconds. Then, in this process, the training split read back
+from that cache feeds `input_pipeline.train_batches` (augmentation on): examples/s (median of three rounds)
+against what the train step consumes (batch / median step seconds).
 Modes: `memory` (the slices in one array) and `disk` (`data.slices_on_disk`). One JSON line per point.
 """
 
