@@ -22,9 +22,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from data_pipelines import brats, case_splits, ixi, phantom_ixi, sources
+from data_pipelines import brats, case_splits, healthy_slices, ixi, layouts, phantom_ixi, sources
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -35,6 +35,16 @@ class AnomalyVolume:
     label: np.ndarray | None  # [D, H, W] bool (whole tumour); None for healthy subjects
     affine: np.ndarray  # 4x4 of the resampled grid ([H, W, D] voxel order)
     source: pathlib.Path
+    slices: np.ndarray | None = None  # healthy slices of a tumour case (`healthy_slices`); None = every slice
+
+
+def usable_brain(volume: AnomalyVolume) -> np.ndarray:
+    """The brain [D, H, W] on the slices the volume offers (all, or its healthy slices)."""
+    if volume.slices is None:
+        return volume.brain
+    keep = np.zeros(len(volume.brain), bool)
+    keep[volume.slices] = True
+    return volume.brain & keep[:, None, None]
 
 
 def to_nifti_order(volume: np.ndarray) -> np.ndarray:
@@ -65,7 +75,7 @@ def preprocess(
     brain = np.asarray(brain, bool)
     if not brain.any():
         raise ValueError("empty brain mask")
-    box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(brain))
+    box = healthy_slices.brain_box(brain)
     crop_brain = brain[box]
     scaled = []
     for volume in images.values():
@@ -103,21 +113,35 @@ def _healthy_volumes(config, subjects: Sequence[ixi.SubjectFiles], progress: boo
 
 
 def _tumour_volumes(config, cases: Sequence[brats.CaseFiles], progress: bool) -> list[AnomalyVolume]:
+    """The labelled cases on the grid, each with its healthy slices (`data.healthy_margin_mm` from tumour)."""
     out = []
+    margin_mm = float(config.data.get("healthy_margin_mm", 0.0))
     for case in tqdm(cases, desc="preprocessing tumour", disable=not progress):
         volume = brats.load_case(case)
-        if volume.seg is None or not (volume.seg > 0).any():
-            continue  # tumour-free cases say nothing about detection
+        if volume.seg is None:
+            raise brats.DataError(f"{case.folder}: no reference segmentation; the detectors are scored on it")
         absent = [s for s in config.data.sequences if s not in case.images]
         if absent:
             raise brats.DataError(f"{case.folder}: the anomaly detectors need {', '.join(absent)}")
         index = {m: i for i, m in enumerate(brats.MODALITIES)}
         images = {s: volume.images[..., index[s]] for s in config.data.sequences}
-        brain = volume.brain
         grid = tuple(config.data.grid)
-        image, brain, label, affine = preprocess(images, brain, grid, volume.seg > 0, volume.affine)
-        out.append(AnomalyVolume(case.case_id, image, brain, label, affine, case.folder))
+        tumour = volume.seg > 0
+        image, brain, label, affine = preprocess(images, volume.brain, grid, tumour, volume.affine)
+        margin = healthy_slices.margin_slices(margin_mm, volume.affine)
+        healthy = healthy_slices.healthy_grid_slices(tumour, volume.brain, grid[2], margin)
+        out.append(AnomalyVolume(case.case_id, image, brain, label, affine, case.folder, healthy))
     return out
+
+
+def _tumour_only(volumes: Sequence[AnomalyVolume]) -> list[AnomalyVolume]:
+    """The volumes with tumour, every slice of them (tumour-free cases say nothing about detection)."""
+    return [dataclasses.replace(v, slices=None) for v in volumes if v.label.any()]
+
+
+def _healthy_parts(volumes: Sequence[AnomalyVolume]) -> list[AnomalyVolume]:
+    """The volumes' healthy slices, as healthy volumes (those with none left out)."""
+    return [v for v in volumes if v.slices is not None and len(v.slices)]
 
 
 def _split_subjects(subjects: list, fractions: Sequence[float], seed: int) -> dict[str, list]:
@@ -138,6 +162,8 @@ def _cache_path(config, inputs: list[pathlib.Path]) -> pathlib.Path:
         "sequences": list(d.sequences),
         "resample": d.get("resample", ""),
         "split": [list(d.split_fractions), list(d.tumour_split_fractions), d.split_seed],
+        "healthy": [d.get("healthy_source", "ixi"), float(d.get("healthy_margin_mm", 0.0))],
+        "folds": [int(d.get("folds", 0) or 0), int(d.get("fold", 0)), int(d.get("fold_val_cases", 0) or 0)],
         "v": CACHE_VERSION,
     }
     digest = hashlib.sha1(json.dumps([stat, params]).encode()).hexdigest()[:16]
@@ -153,6 +179,8 @@ def _save(path: pathlib.Path, splits: dict[str, list[AnomalyVolume]]) -> None:
             arrays[prefix + "meta"] = np.array(json.dumps([v.case_id, str(v.source)]))
             if v.label is not None:
                 arrays[prefix + "label"] = v.label
+            if v.slices is not None:
+                arrays[prefix + "slices"] = v.slices
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     os.close(fd)
@@ -178,7 +206,13 @@ def _load(path: pathlib.Path) -> dict[str, list[AnomalyVolume]]:
             case_id, source = json.loads(str(f["meta"]))
             out[name].append(
                 AnomalyVolume(
-                    case_id, f["image"], f["brain"], f.get("label"), f["affine"], pathlib.Path(source)
+                    case_id,
+                    f["image"],
+                    f["brain"],
+                    f.get("label"),
+                    f["affine"],
+                    pathlib.Path(source),
+                    f.get("slices"),
                 )
             )
     return out
@@ -187,7 +221,66 @@ def _load(path: pathlib.Path) -> dict[str, list[AnomalyVolume]]:
 def load_anomaly_splits(
     config: ml_collections.ConfigDict, progress: bool = True
 ) -> dict[str, list[AnomalyVolume]]:
-    """'train'/'val'/'test': healthy subjects split by subject; 'val_tumour'/'test_tumour': tumour cases."""
+    """'train'/'val'/'test': healthy volumes; 'val_tumour'/'test_tumour': tumour cases, every slice.
+
+    `data.healthy_source`: 'ixi' = healthy subjects (`data.healthy_root`, or phantom ones) split by subject,
+    the BraTS-layout cases split into threshold and test cases (`data.tumour_split_fractions`); 'brats' = the
+    labelled cases split by patient like the segmenters' (`data.folds` / `data.split_fractions`), their
+    healthy slices the healthy splits (`healthy_slices`), plus the subjects of `data.healthy_root` in training
+    when they have the sequences.
+    """
+    d = config.data
+    source = d.get("healthy_source", "ixi")
+    if source not in ("ixi", "brats"):
+        raise ValueError(f"data.healthy_source={source!r}: expected 'ixi' or 'brats'")
+    subjects = _healthy_subjects(config, progress) if source == "ixi" or d.healthy_root else []
+    if source == "ixi":
+        cases = sources.checked_cases(config, progress)
+        tumour = case_splits.split_cases(cases, tuple(d.tumour_split_fractions), seed=d.split_seed)
+        tumour["train"] = []  # no detector trains on tumour cases: they validate the threshold and test
+    else:
+        tumour = sources.load_splits(config, progress)
+    inputs = [p for s in subjects for p in [*s.images.values(), s.mask] if p is not None]
+    inputs += [p for name in brats.SPLITS for c in tumour[name] for p in c.files]
+    cache = _cache_path(config, inputs)
+    if cache.exists():
+        loaded = _load(cache)
+        return {k: loaded.get(k, []) for k in (*brats.SPLITS, "val_tumour", "test_tumour")}
+    if source == "ixi":
+        healthy = _split_subjects(subjects, tuple(d.split_fractions), d.split_seed)
+        splits = {name: _healthy_volumes(config, healthy[name], progress) for name in brats.SPLITS}
+        splits["val_tumour"] = _tumour_only(_tumour_volumes(config, tumour["val"], progress))
+        splits["test_tumour"] = _tumour_only(_tumour_volumes(config, tumour["test"], progress))
+    else:
+        cases = {name: _tumour_volumes(config, tumour[name], progress) for name in brats.SPLITS}
+        splits = {name: _healthy_parts(cases[name]) for name in brats.SPLITS}
+        splits["train"] += _healthy_volumes(config, subjects, progress)
+        splits["val_tumour"], splits["test_tumour"] = _tumour_only(cases["val"]), _tumour_only(cases["test"])
+    _save(cache, splits)
+    return splits
+
+
+def external_test(
+    config: ml_collections.ConfigDict, progress: bool = True
+) -> tuple[list[AnomalyVolume], list[AnomalyVolume]]:
+    """(tumour, healthy) test volumes of the labelled cases in `eval.data_root`: their tumours, and their
+    healthy slices (with `data.healthy_source='brats'`; none otherwise)."""
+    root = config.eval.data_root
+    layout = config.eval.get("layout") or None
+    cases = layouts.find_cases(root, layout=layout, available=sources.available(config))
+    unlabelled = [c.case_id for c in cases if c.seg is None]
+    if unlabelled:
+        raise brats.DataError(
+            f"{root}: {len(unlabelled)} case(s) without a reference segmentation (e.g. {unlabelled[0]}); "
+            "the detectors are scored against it"
+        )
+    volumes = _tumour_volumes(config, cases, progress)
+    healthy = _healthy_parts(volumes) if config.data.get("healthy_source", "ixi") == "brats" else []
+    return _tumour_only(volumes), healthy
+
+
+def _healthy_subjects(config: ml_collections.ConfigDict, progress: bool) -> list[ixi.SubjectFiles]:
+    """The IXI-layout subjects of `data.healthy_root` (phantom ones when unset, with the 'ixi' source)."""
     d = config.data
     if d.healthy_root:
         healthy_root = pathlib.Path(d.healthy_root).expanduser()
@@ -200,22 +293,14 @@ def load_anomaly_splits(
             progress,
             d.get("phantom_version", phantom_ixi.phantom.PHANTOM_VERSION),
         )
-    subjects = ixi.find_subjects(healthy_root, tuple(d.sequences), d.mask_suffix)
-    healthy = _split_subjects(subjects, tuple(d.split_fractions), d.split_seed)
-    # No detector trains on tumour cases: they are all validation (threshold) or test data.
-    cases = sources.checked_cases(config, progress)
-    tumour = case_splits.split_cases(cases, tuple(d.tumour_split_fractions), seed=d.split_seed)
-    inputs = [p for s in subjects for p in [*s.images.values(), s.mask] if p is not None]
-    inputs += [p for name in ("val", "test") for c in tumour[name] for p in c.files]
-    cache = _cache_path(config, inputs)
-    if cache.exists():
-        loaded = _load(cache)
-        return {k: loaded.get(k, []) for k in (*brats.SPLITS, "val_tumour", "test_tumour")}
-    splits = {name: _healthy_volumes(config, healthy[name], progress) for name in brats.SPLITS}
-    splits["val_tumour"] = _tumour_volumes(config, tumour["val"], progress)
-    splits["test_tumour"] = _tumour_volumes(config, tumour["test"], progress)
-    _save(cache, splits)
-    return splits
+    absent = [s for s in d.sequences if s not in ixi.SEQUENCES]
+    if absent:
+        raise brats.DataError(
+            f"{healthy_root}: IXI has no {', '.join(absent).upper()} (its sequences: "
+            f"{', '.join(ixi.SEQUENCES).upper()}); with data.healthy_source='brats', leave data.healthy_root "
+            "unset to train on the tumour cases' healthy slices only"
+        )
+    return ixi.find_subjects(healthy_root, tuple(d.sequences), d.mask_suffix)
 
 
 def volumes_to_slices(
@@ -225,6 +310,8 @@ def volumes_to_slices(
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "brain", "label", "case", "z")}
     for index, v in enumerate(volumes):
         keep = np.flatnonzero(v.brain.mean(axis=(1, 2)) >= min_brain_fraction)
+        if v.slices is not None:
+            keep = np.intersect1d(keep, v.slices)
         label = v.label if v.label is not None else np.zeros_like(v.brain)
         parts["image"].append(v.image[keep])
         parts["brain"].append(v.brain[keep][..., None].astype(np.float32))

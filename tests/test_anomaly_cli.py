@@ -65,8 +65,8 @@ def test_uma_ddpm_unified_trains_and_evaluates_through_the_clis_and_writes_every
     assert list((workdir / "eval" / "overlays").glob("*_t2.png"))
 
 
-# The DAE trains and evaluates in tests/test_faults.py (an evaluation stopped and resumed).
-@pytest.mark.parametrize("name", ["anomaly_anoddpm", "anomaly_pddpm", "anomaly_mddpm"])
+# The DAE trains and evaluates in tests/test_faults.py (an evaluation stopped and resumed); mDDPM below.
+@pytest.mark.parametrize("name", ["anomaly_anoddpm", "anomaly_pddpm"])
 def test_each_baseline_smoke_trains_and_evaluates(name, tmp_path):
     config = smoke_config(name)
     config.train.steps, config.train.eval_every = 2, 0  # no validation: this is about running end to end
@@ -78,3 +78,29 @@ def test_each_baseline_smoke_trains_and_evaluates(name, tmp_path):
     stats = summary["sequences"]["t2"]
     assert all(math.isfinite(stats[m]["mean"]) for m in METRICS)
     assert (tmp_path / "eval" / "per_case.csv").exists()
+
+
+def test_mddpm_trained_on_healthy_slices_of_tumour_cases_scores_another_folder(tmp_path):
+    """The `real` preset's data path on the smoke sizes: FLAIR, healthy slices of the training fold's cases,
+    then the tumours of a folder given at evaluation (`eval.data_root`) scored with that threshold."""
+    config = smoke_config("anomaly_mddpm")
+    real = importlib.import_module("configs.anomaly_mddpm").get_config("real").data
+    d = config.data
+    d.healthy_source, d.healthy_margin_mm = real.healthy_source, real.healthy_margin_mm
+    d.folds, d.fold_val_cases, d.sequences = 3, 1, "flair"
+    config.train.steps, config.train.eval_every = 2, 0
+    config.eval.write_predictions, config.eval.num_overlays = False, 0
+    train_and_evaluate(config, tmp_path, progress=False)
+    from data_pipelines import brats, sources
+
+    folder = sources.dataset_root(config, progress=False)
+    config.eval.data_root = str(folder)
+    config.eval.output_dir = str(tmp_path / "other")
+    summary = evaluate(config, tmp_path, progress=False)
+    with_tumour = [c for c in brats.find_cases(folder, require_seg=True) if brats.load_case(c).seg.any()]
+    assert summary["method"] == "mddpm"
+    assert summary["num_cases"]["test_tumour"] == len(with_tumour) > 1  # every case of that folder
+    stats = summary["sequences"]["flair"]
+    assert all(math.isfinite(stats[m]["mean"]) for m in METRICS)
+    rows = list(csv.DictReader((tmp_path / "other" / "per_case.csv").open()))
+    assert {r["case_id"] for r in rows if r["kind"] == "tumour"} == {c.case_id for c in with_tumour}

@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 from conftest import require_real_data
 
-from data_pipelines import anomaly_data, brats, case_splits, ixi, phantom, phantom_ixi, sources
+from data_pipelines import (
+    anomaly_data,
+    brats,
+    case_splits,
+    healthy_slices,
+    ixi,
+    phantom,
+    phantom_ixi,
+    sources,
+)
 from data_pipelines.brats import DataError
 
 SPACING = 4.0
@@ -419,3 +428,54 @@ def test_real_ixi_t1_and_t2_come_onto_one_grid(mode):
     t1, t2 = data["t1"] > 0, data["t2"] > 0
     assert 2 * (t1 & t2).sum() / (t1.sum() + t2.sum()) > 0.9
     np.testing.assert_array_equal(data["brain"], t1 & t2)
+
+
+# --- healthy slices of tumour cases ------------------------------------------------------------
+
+
+def test_healthy_grid_slices_read_only_source_slices_a_margin_away_from_the_tumour():
+    brain = np.zeros((6, 6, 100), bool)
+    brain[1:5, 1:5, 10:90] = True  # 80 source slices over the brain
+    tumour = np.zeros_like(brain)
+    tumour[2:4, 2:4, 40:50] = True  # source slices 30-39 of the crop
+    margin = 5
+    kept = healthy_slices.healthy_grid_slices(tumour, brain, 32, margin)
+    n, depth = 80, 32
+    for i in range(depth):  # the source slices linear interpolation reads for grid slice i
+        centre = (i + 0.5) * n / depth - 0.5
+        reads = {int(np.floor(centre)), int(np.floor(centre)) + 1}
+        near = any(30 - margin <= r <= 39 + margin for r in reads)
+        if i in kept:
+            assert not near, i
+    assert 0 in kept and depth - 1 in kept  # far from the tumour: healthy
+    assert len(kept) < depth - 4  # the tumour's slices and the margin's are out
+    no_margin = healthy_slices.healthy_grid_slices(tumour, brain, 32, 0)
+    assert set(kept) < set(no_margin)
+    assert len(healthy_slices.healthy_grid_slices(np.zeros_like(brain), brain, 32, margin)) == depth
+    assert healthy_slices.margin_slices(5.0, np.diag([1.0, 1.0, 2.0, 1.0])) == 3
+
+
+def test_brats_healthy_source_trains_on_tumour_free_slices_of_the_training_cases(tmp_path):
+    config = _config(tmp_path)
+    d = config.data
+    d.healthy_source, d.healthy_margin_mm = "brats", 8.0
+    d.folds, d.fold, d.fold_val_cases = 3, 1, 2
+    d.sequences = ("t2", "flair")  # FLAIR: the tumour cases have it; IXI has none
+    splits = anomaly_data.load_anomaly_splits(config, progress=False)
+    found = brats.find_cases(sources.dataset_root(config, progress=False), require_seg=True)
+    folds = case_splits.fold_splits(found, 3, 1, seed=0, val_patients=2)  # the segmenters' folds
+    for name in ("train", "val", "test"):
+        assert {v.case_id for v in splits[name]} <= {c.case_id for c in folds[name]}
+        for v in splits[name]:
+            assert len(v.slices) and not v.label[v.slices].any()  # no tumour voxel on a healthy slice
+            assert v.image.shape[-1] == 2
+    assert splits["train"] and splits["test"]
+    assert {v.case_id for v in splits["test_tumour"]} == {
+        c.case_id for c in folds["test"] if not phantom.tumour_free(int(c.case_id[-5:]), 0)
+    }
+    assert all(v.slices is None for v in splits["val_tumour"] + splits["test_tumour"])
+    train = anomaly_data.volumes_to_slices(splits["train"], 0.05)
+    assert len(train["z"]) <= sum(len(v.slices) for v in splits["train"]) and not train["label"].any()
+    d.healthy_source = "ixi"  # IXI holds no FLAIR: one line that says so
+    with pytest.raises(DataError, match="IXI has no FLAIR"):
+        anomaly_data.load_anomaly_splits(config, progress=False)

@@ -38,7 +38,7 @@ from diffseg_jax.methods.registry import build_method
 from diffseg_jax.tasks import anomaly_maps, case_records
 from diffseg_jax.tasks.base import Arrays, Predict, Task, TrainingData, output_dir
 
-KNOWN_SEQUENCES = ("t1", "t2")
+KNOWN_SEQUENCES = ("t1", "t2", "flair")  # FLAIR: healthy slices of BraTS cases (IXI has none)
 PREDICT_OUTPUTS = {
     "reconstruction": "[B, H, W, 1] the healthy-looking reconstruction x_hat, intensities in [0, 1]"
 }
@@ -120,10 +120,10 @@ def validation_scores(predict: Predict, val: Arrays, config: ml_collections.Conf
 
 
 def reconstruct_volume(predict, volume, k: int) -> np.ndarray:
-    """x_hat [D, H, W] of sequence k; slices without brain are copied from the input."""
+    """x_hat [D, H, W] of sequence k; slices without (usable) brain are copied from the input."""
     image = volume.image[..., k]
     recon = image.copy()
-    z = np.flatnonzero(volume.brain.any(axis=(1, 2)))
+    z = np.flatnonzero(anomaly_data.usable_brain(volume).any(axis=(1, 2)))
     if z.size:
         recon[z] = predict(image[z][..., None])[..., 0]
     return recon
@@ -143,6 +143,9 @@ def evaluate(
     predict_fn = inference.make_predict_fn(method, mesh)
     key = jax.random.PRNGKey(config.seed + 1000)
     tumour, healthy = splits["test_tumour"], splits["test"]
+    if config.eval.data_root:  # another folder's cases, scored with the threshold of the training data
+        tumour, external_healthy = anomaly_data.external_test(data_config(config), progress)
+        healthy = external_healthy or healthy
     for name, volumes in (("validation", splits["val_tumour"]), ("test", tumour), ("healthy test", healthy)):
         if not volumes:
             raise DataError(
@@ -221,7 +224,7 @@ def _tumour_case(predict, volume, k, name, index, store, out_dir, config) -> cas
 
 def _healthy_case(predict, volume, k: int) -> case_records.Record:
     recon = reconstruct_volume(predict, volume, k)
-    scores = anomaly_maps.healthy_scores(volume.image[..., k], recon, volume.brain)
+    scores = anomaly_maps.healthy_scores(volume.image[..., k], recon, anomaly_data.usable_brain(volume))
     return {"scores": {s: float(v) for s, v in scores.items()}}
 
 
