@@ -295,6 +295,7 @@ def anomaly_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     a.uma_patch = 8
     a.uma_ratio = 0.25
     a.uma_mask_fraction = 0.5  # examples masked per batch (the paper: 1, every example; set in `paper`)
+    a.test_input = "plain"  # UMA-DDPM at test: 'plain', 'high_frequency' or 'masked' (methods.md)
     a.dual_loss = False
     a.freq_weight = 1.0  # alpha
     a.pixel_weight = 1.0  # beta

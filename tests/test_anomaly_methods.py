@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffseg_jax.diffusion import samplers
+from diffseg_jax.diffusion import masks, samplers
 from diffseg_jax.diffusion.schedules import make_schedule
 from diffseg_jax.methods import patched_ddpm, reconstruction
 from diffseg_jax.methods.registry import build_method
@@ -182,7 +182,9 @@ def test_sequences_parse_from_the_command_line_form_and_reject_unknown_names():
     assert task.sequences(config) == ("t1", "t2")
     config.data.sequences = "T2"
     assert task.sequences(config) == ("t2",)
-    for bad in ("flair", "t2,t2", ""):
+    config.data.sequences = "t2,FLAIR"
+    assert task.sequences(config) == ("t2", "flair")
+    for bad in ("t1ce", "t2,t2", ""):
         config.data.sequences = bad
         with pytest.raises(ValueError, match="data.sequences"):
             task.sequences(config)
@@ -196,3 +198,24 @@ def test_unified_examples_stack_each_sequence_as_its_own_single_channel_example(
     out = task.single_sequence_examples(image, brain)
     assert out["image"].shape == (6, 4, 4, 1) and out["label"].shape == (6, 4, 4, 1)
     assert out["image"][:3].max() == 0 and out["image"][3:].min() == 1
+
+
+def test_uma_ddpm_test_input_is_the_image_its_high_pass_view_or_the_training_masking():
+    config = smoke_config("anomaly_uma_ddpm")
+    images = blob_batch()["image"]
+    key = jax.random.PRNGKey(3)
+    readings = {}
+    for reading in patched_ddpm.TEST_INPUTS:
+        config.anomaly.test_input = reading
+        readings[reading] = patched_ddpm.test_input(config, key, images)
+    np.testing.assert_array_equal(readings["plain"], images)
+    a = config.anomaly
+    high = masks.frequency_filter(images, a.uma_half_width, keep="high")
+    np.testing.assert_allclose(readings["high_frequency"], high, atol=1e-6)
+    hidden = np.asarray(readings["masked"] == 0) & np.asarray(high != 0)
+    assert 0.1 < hidden.mean() < 0.5  # random patches hidden (ratio 0.25), the rest the high-pass view
+    config.anomaly.corruption = "none"  # pDDPM: always the image
+    np.testing.assert_array_equal(patched_ddpm.test_input(config, key, images), images)
+    config.anomaly.corruption, config.anomaly.test_input = "uma", "blurred"
+    with pytest.raises(ValueError, match="test_input"):
+        patched_ddpm.test_input(config, key, images)

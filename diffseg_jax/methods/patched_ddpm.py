@@ -14,7 +14,8 @@
   reconstruction, `reconstruction.image_from_amplitude`):
   l_freq = ||A_0 - A_img||_1 + ||A_0 - A_rec||_1 and l_pixel = ||X_0 - X_freq||_1 + ||X_0 - X_rec||_1.
   The amplitude terms cover the whole spectrum, the pixel terms the whole image (the masking changes all of
-  it). The test reconstruction is X_rec. Without `anomaly.dual_loss` there is no A_rec head and the loss is
+  it). The test reconstruction is X_rec, from the input `anomaly.test_input` names. Without
+  `anomaly.dual_loss` there is no A_rec head and the loss is
   ||X_0 - X_rec||_1 (the ablation rows "masking only" and "+ MAM").
 """
 
@@ -39,6 +40,23 @@ from diffseg_jax.methods.reconstruction import (
 )
 
 CORRUPTIONS = ("none", "mddpm", "uma")
+# What UMA-DDPM's network is given at test (the paper leaves it open): the image as it is, its high-pass
+# view (the deterministic half of the training masking), or the training masking itself (one random draw).
+TEST_INPUTS = ("plain", "high_frequency", "masked")
+
+
+def test_input(config: ml_collections.ConfigDict, key: jax.Array, images: jnp.ndarray) -> jnp.ndarray:
+    """The test-time input in [0, 1] per `anomaly.test_input` (UMA-DDPM only; the others see the image)."""
+    a = config.anomaly
+    reading = a.get("test_input", "plain")
+    if reading not in TEST_INPUTS:
+        raise ValueError(f"unknown anomaly.test_input {reading!r}; expected one of {TEST_INPUTS}")
+    if a.corruption != "uma" or reading == "plain":
+        return images
+    if reading == "high_frequency":
+        return masks.frequency_filter(images, a.uma_half_width, keep="high")
+    masked = masks.uma_masking(key, images, half_width=a.uma_half_width, patch=a.uma_patch, ratio=a.uma_ratio)
+    return masked.image
 
 
 def corrupt(config: ml_collections.ConfigDict, key: jax.Array, images: jnp.ndarray):
@@ -100,7 +118,8 @@ def build(config: ml_collections.ConfigDict) -> Method:
         return a.freq_weight * freq + a.pixel_weight * pixel, metrics
 
     def predict(params, images, key):
-        x = to_signed(images)
+        input_key, key = jax.random.split(key)
+        x = to_signed(test_input(config, input_key, images))
         t = jnp.full(x.shape[:1], a.test_step, jnp.int32)
 
         def noised(x, noise):
