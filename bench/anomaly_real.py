@@ -1,0 +1,178 @@
+"""The anomaly table of UMA-DDPM on real scans: five detectors trained on healthy slices of real BraTS cases.
+
+    python bench/anomaly_real.py --root=/path/to/brats2018-twelve --out=runs/anomaly_real
+    python bench/anomaly_real.py --root=/path/to/brats2018-twelve --out=runs/anomaly_real --table-only
+
+For each detector, sequence and fold (the segmenters' three folds by case over the twelve cases): run_train.py
+with `configs/anomaly_<detector>.py:real` (healthy slices of the 6 training cases, 5 mm from any tumour voxel;
+with `--healthy-root`, the IXI subjects there too for the sequences IXI has), then run_eval.py: the
+threshold chosen on the 2 validation cases' tumours, the 4 test cases' tumours scored (DSC, AUPRC, TNR,
+TPR) and the reconstruction of their healthy slices (SSIM, PSNR). The diffusion detectors are evaluated at
+every noise level of `--levels` (AnoDDPM's start step, the patch detectors' test step) and UMA-DDPM with
+every test-time input of `--test-inputs`; the validation Dice picks one per fold, and the test figures are
+that one's. Finished runs and evaluations are reused, so the table can grow over several sittings. The
+table goes to <out>/anomaly_real.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from finished import trained  # bench/ is the script's folder, on sys.path
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "real" / "brats2018-twelve"
+DETECTORS = ("dae", "anoddpm", "pddpm", "mddpm", "uma_ddpm")
+LEVEL_FIELD = {"anoddpm": "anomaly.start_step", "pddpm": "anomaly.test_step", "mddpm": "anomaly.test_step"}
+LEVEL_FIELD["uma_ddpm"] = "anomaly.test_step"
+IXI_SEQUENCES = ("t1", "t2")
+TUMOUR_METRICS = ("dsc", "auprc", "tnr", "tpr")
+HEALTHY_METRICS = ("ssim", "psnr")
+
+
+def _run(script: str, detector: str, preset: str, args: list[str]) -> None:
+    cmd = [sys.executable, str(ROOT / script), f"--config=configs/anomaly_{detector}.py:{preset}", *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def data_args(args: argparse.Namespace, sequence: str, fold: int) -> list[str]:
+    out = [
+        f"--config.data.root={args.root}",
+        f"--config.data.fold={fold}",
+        f"--config.data.sequences={sequence}",
+        *args.train_args.split(),
+    ]
+    if args.healthy_root and sequence in IXI_SEQUENCES:
+        out.append(f"--config.data.healthy_root={args.healthy_root}")
+    return out
+
+
+def readings(detector: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(name, run_eval flags) of every test-time setting tried on validation."""
+    levels = [int(v) for v in args.levels.split(",")] if detector in LEVEL_FIELD else [None]
+    inputs = args.test_inputs.split(",") if detector == "uma_ddpm" else [None]
+    out = []
+    for level in levels:
+        for reading in inputs:
+            name = (
+                "_".join(p for p in (f"t{level}" if level is not None else "", reading or "") if p) or "eval"
+            )
+            flags = [f"--config.{LEVEL_FIELD[detector]}={level}"] if level is not None else []
+            flags += [f"--config.anomaly.test_input={reading}"] if reading else []
+            out.append((name, flags))
+    return out
+
+
+def fold_run(out: pathlib.Path, detector: str, sequence: str, fold: int, args: argparse.Namespace) -> dict:
+    """Trains (unless finished) and evaluates every reading of one fold; returns the one validation picks."""
+    workdir = out / f"{detector}_{sequence}" / f"fold{fold}"
+    data = data_args(args, sequence, fold)
+    if not trained(workdir):
+        steps = [f"--config.train.steps={args.steps}"] if args.steps else []
+        _run("run_train.py", detector, args.preset, [f"--workdir={workdir}", *data, *steps])
+    tried = []
+    for name, flags in readings(detector, args):
+        eval_dir = workdir / f"eval_{name}" if name != "eval" else workdir / "eval"
+        if not (eval_dir / "metrics.json").exists():
+            evaluation = [f"--workdir={workdir}", *data, *flags, f"--config.eval.output_dir={eval_dir}"]
+            _run("run_eval.py", detector, args.preset, evaluation)
+        stats = json.loads((eval_dir / "metrics.json").read_text())["sequences"][sequence]
+        tried.append({"reading": name, "val_dice": stats["val_dice"], "eval_dir": eval_dir})
+    return max(tried, key=lambda r: r["val_dice"])
+
+
+def case_rows(eval_dir: pathlib.Path, sequence: str) -> list[dict]:
+    with (eval_dir / "per_case.csv").open() as f:
+        return [r for r in csv.DictReader(f) if r["sequence"] == sequence]
+
+
+def detector_result(out: pathlib.Path, detector: str, sequence: str, folds: list[int], args) -> dict:
+    chosen = [fold_run(out, detector, sequence, k, args) for k in folds]
+    rows = [r for c in chosen for r in case_rows(c["eval_dir"], sequence)]
+    tumour = [r for r in rows if r["kind"] == "tumour"]
+    healthy = [r for r in rows if r["kind"] == "healthy"]
+    values = {m: [float(r[m]) for r in tumour] for m in TUMOUR_METRICS}
+    values |= {m: [float(r[m]) for r in healthy] for m in HEALTHY_METRICS}
+    return {
+        "cases": [r["case_id"] for r in tumour],
+        "values": values,
+        "readings": [c["reading"] for c in chosen],
+        "val_dice": [round(float(c["val_dice"]), 4) for c in chosen],
+    }
+
+
+def markdown(results: dict[tuple[str, str], dict], sequences: list[str]) -> str:
+    header = ["detector"]
+    for s in sequences:
+        header += [f"{s.upper()} {m.upper()}" for m in (*TUMOUR_METRICS, *HEALTHY_METRICS)]
+        header += [f"{s.upper()} chosen (folds)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for detector in dict.fromkeys(d for d, _ in results):
+        cells = [detector]
+        for s in sequences:
+            res = results.get((detector, s))
+            if res is None:
+                cells += [""] * (len(TUMOUR_METRICS) + len(HEALTHY_METRICS) + 1)
+                continue
+            for m in (*TUMOUR_METRICS, *HEALTHY_METRICS):
+                v = float(np.nanmean(res["values"][m])) if res["values"][m] else float("nan")
+                cells.append(f"{v:.2f}" if m == "psnr" else f"{100 * v:.2f}")
+            cells.append(", ".join(res["readings"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    per_case = ["| detector | sequence | " + " | ".join(results[next(iter(results))]["cases"]) + " |"]
+    per_case.append("|" + "---|" * (2 + len(results[next(iter(results))]["cases"])))
+    for (detector, s), res in results.items():
+        per_case.append(
+            f"| {detector} | {s} | " + " | ".join(f"{100 * v:.1f}" for v in res["values"]["dsc"]) + " |"
+        )
+    return "\n".join(lines) + "\n\nDSC per test case (%):\n\n" + "\n".join(per_case) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="runs/anomaly_real")
+    parser.add_argument("--root", default=str(REAL), help="labelled BraTS cases, any release's naming")
+    parser.add_argument("--healthy-root", default="", help="IXI subjects added to training (T1 / T2)")
+    parser.add_argument("--detectors", default=",".join(DETECTORS))
+    parser.add_argument("--sequences", default="t2,flair")
+    parser.add_argument("--folds", default="0,1,2")
+    parser.add_argument("--levels", default="250,499,750", help="noise levels tried on validation")
+    parser.add_argument(
+        "--test-inputs", default="plain,high_frequency,masked", help="UMA-DDPM's, on validation"
+    )
+    parser.add_argument("--preset", default="real")
+    parser.add_argument("--steps", type=int, default=0, help="training steps; 0 = the preset's")
+    parser.add_argument("--train-args", default="", help="extra run_train and run_eval flags")
+    parser.add_argument("--table-only", action="store_true", help="tabulate the finished folds only")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out).resolve()
+    folds = [int(k) for k in args.folds.split(",")]
+    sequences = args.sequences.split(",")
+    results = {}
+    for detector in args.detectors.split(","):
+        for sequence in sequences:
+            done = all(trained(out / f"{detector}_{sequence}" / f"fold{k}") for k in folds)
+            if args.table_only and not done:
+                continue
+            results[(detector, sequence)] = detector_result(out, detector, sequence, folds, args)
+    if not results:
+        raise SystemExit("no detector has finished every fold yet")
+    text = markdown(results, sequences)
+    (out / "anomaly_real.md").write_text(text)
+    (out / "anomaly_real.json").write_text(
+        json.dumps({f"{d}_{s}": r for (d, s), r in results.items()}, indent=1, default=str)
+    )
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
