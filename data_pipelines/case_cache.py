@@ -5,32 +5,28 @@ slicing settings: another split, another fold or an added case prepares only the
 these settings, and a changed file or setting prepares that case again. A folder is written under a
 temporary name and renamed into place, so a killed job never leaves half a case. Reading and resampling the
 NIfTI volumes is the slow part (~1.3 s per real BraTS case on one core), so the cases are prepared in worker
-processes; they are spawned, not forked, because the parent may already run JAX and TensorFlow threads.
+processes (`case_workers`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
 import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from data_pipelines import brats, slices
+from data_pipelines import brats, case_workers, slices
 
 VERSION = 2  # 2: one folder per case; slices drawn with the case id's seed (not its position in a list)
 ARRAYS = ("image", "label", "z")
-MAX_WORKERS = 8  # each worker holds one case's volumes (~0.5-1 GB for a 240 x 240 x 155 BraTS case)
 
 
 def case_key(case: brats.CaseFiles, params: Mapping[str, Any]) -> str:
@@ -80,10 +76,6 @@ def prepare_case(case: brats.CaseFiles, params: Mapping[str, Any], folder: Path)
     return folder
 
 
-def default_workers(missing: int) -> int:
-    return max(1, min(os.cpu_count() or 1, MAX_WORKERS, missing))
-
-
 def prepare(
     cases: Sequence[brats.CaseFiles],
     params: Mapping[str, Any],
@@ -95,25 +87,9 @@ def prepare(
     """The cache folder of every case, preparing those missing (`workers` processes; 0 = one per core)."""
     folders = [case_folder(cache_dir, case, params) for case in cases]
     missing = [i for i, folder in enumerate(folders) if not folder.is_dir()]
-    if not missing:
-        return folders
-    workers = workers or default_workers(len(missing))
-    bar = tqdm(total=len(missing), desc="preparing slices", unit="case", disable=not progress)
-    with bar:
-        if workers == 1:
-            for i in missing:
-                prepare_case(cases[i], params, folders[i])
-                bar.update()
-            return folders
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            jobs = [pool.submit(prepare_case, cases[i], dict(params), folders[i]) for i in missing]
-            try:
-                for job in as_completed(jobs):
-                    job.result()  # a case's error (named by its file) stops the run here
-                    bar.update()
-            except BaseException:
-                for job in jobs:
-                    job.cancel()
-                raise
+    jobs = [(cases[i], dict(params), folders[i]) for i in missing]
+    for _ in case_workers.run(
+        prepare_case, jobs, workers=workers, desc="preparing slices", progress=progress
+    ):
+        pass
     return folders

@@ -16,9 +16,7 @@ import pathlib
 import tempfile
 from collections.abc import Sequence
 
-from tqdm import tqdm
-
-from data_pipelines import brats
+from data_pipelines import brats, case_workers
 from data_pipelines.brats import CaseFiles, DataError
 
 ON_BAD_CASE = ("stop", "skip")
@@ -58,6 +56,23 @@ def _save_passed(cache_file: pathlib.Path | None, passed: set[str]) -> None:
         logging.warning("case check cache not written (%s): %s", cache_file, err)
 
 
+def _header_problem(case: CaseFiles) -> DataError | None:
+    try:
+        brats.check_headers(case)
+    except DataError as err:
+        return err
+    return None
+
+
+def _value_problem(case: CaseFiles) -> DataError | None:
+    """The case's one-line problem, or None (returned, not raised: it comes back from a worker process)."""
+    try:
+        brats.load_case(case)
+    except DataError as err:
+        return err
+    return None
+
+
 def check_cases(
     cases: Sequence[CaseFiles],
     *,
@@ -65,9 +80,11 @@ def check_cases(
     on_bad_case: str = "stop",
     problems: Sequence[DataError] = (),
     progress: bool = True,
+    workers: int = 0,
 ) -> list[CaseFiles]:
     """The good cases; a bad one raises its one-line DataError (``stop``) or is left out with a warning
-    (``skip``). ``problems`` are errors found while discovering the cases (e.g. a missing sequence)."""
+    (``skip``). ``problems`` are errors found while discovering the cases (e.g. a missing sequence).
+    The values are read by ``workers`` processes (0 = one per core; `case_workers`)."""
     if on_bad_case not in ON_BAD_CASE:
         raise DataError(f"data.on_bad_case={on_bad_case!r}: expected one of {ON_BAD_CASE}")
     bad: list[DataError] = list(problems)
@@ -76,17 +93,20 @@ def check_cases(
     passed = _load_passed(cache_file)
     pending = [c for c in cases if case_signature(c) not in passed]
     failed: set[str] = set()
-    for stage, check in (("headers", brats.check_headers), ("values", brats.load_case)):
+    for stage, check in (("headers", _header_problem), ("values", _value_problem)):
         todo = [c for c in pending if c.case_id not in failed]
-        for case in tqdm(todo, desc=f"checking {stage}", unit="case", disable=not progress or not todo):
-            try:
-                check(case)
-            except DataError as err:
-                if on_bad_case == "stop":
-                    _save_passed(cache_file, passed)
-                    raise
-                failed.add(case.case_id)
-                bad.append(err)
+        stage_workers = 1 if stage == "headers" else workers  # headers are cheap: no processes
+        desc = f"checking {stage}"
+        for index, err in case_workers.run(
+            check, [(c,) for c in todo], workers=stage_workers, desc=desc, progress=progress
+        ):
+            if err is None:
+                continue
+            if on_bad_case == "stop":
+                _save_passed(cache_file, passed)
+                raise err
+            failed.add(todo[index].case_id)
+            bad.append(err)
     passed |= {case_signature(c) for c in pending if c.case_id not in failed}
     _save_passed(cache_file, passed)
     for err in bad:

@@ -64,6 +64,7 @@ def checked_cases(config: ml_collections.ConfigDict, progress: bool = True) -> l
         on_bad_case=on_bad_case,
         problems=problems or (),
         progress=progress,
+        workers=int(config.data.get("prepare_workers", 0) or 0),
     )
 
 

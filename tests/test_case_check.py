@@ -85,9 +85,10 @@ def test_a_bad_case_in_any_split_stops_with_its_file(tmp_path, kind, split):
     assert "\n" not in message and bad in message
 
 
-def test_skip_leaves_bad_cases_out_with_a_warning_each(tmp_path, caplog):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: the values are read in worker processes
+def test_skip_leaves_bad_cases_out_with_a_warning_each(tmp_path, caplog, workers):
     _dataset(tmp_path / "data")
-    config = _config(tmp_path / "data", tmp_path / "cache", on_bad_case="skip")
+    config = _config(tmp_path / "data", tmp_path / "cache", on_bad_case="skip", prepare_workers=workers)
     _defect(tmp_path / "data" / CASES[1], "NaN voxel")
     _defect(tmp_path / "data" / CASES[4], "missing sequence")
     with caplog.at_level(logging.WARNING):
