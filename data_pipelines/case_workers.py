@@ -2,13 +2,17 @@
 
 Reading and decompressing NIfTI volumes is most of the time a large dataset costs before training, and each
 case is independent. Workers are spawned, not forked: the parent may already run JAX and TensorFlow threads,
-which a fork does not carry over safely.
+which a fork does not carry over safely. A spawned worker would normally run the parent's script again (and a
+script without `if __name__ == "__main__":` would start its own work in every worker); the jobs here are
+functions of this package, so the workers are started without it (`_without_main_script`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
@@ -59,7 +63,8 @@ def run(
             return
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(fn, *job): index for index, job in enumerate(jobs)}
+            with _without_main_script():  # the workers start during the first submits
+                futures = {pool.submit(fn, *job): index for index, job in enumerate(jobs)}
             try:
                 for future in as_completed(futures):
                     result = future.result()
@@ -68,3 +73,17 @@ def run(
             finally:
                 for future in futures:
                     future.cancel()
+
+
+@contextlib.contextmanager
+def _without_main_script() -> Iterator[None]:
+    """Hides the `__main__` module's file and spec, from which spawned workers would run the script again."""
+    main = sys.modules["__main__"]
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
+    try:
+        for name in saved:
+            setattr(main, name, None)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)

@@ -218,3 +218,33 @@ def test_slices_kept_on_disk_are_the_in_memory_slices_and_give_the_same_batches(
     for a, b in zip(_take(in_memory, 4, **augment), _take(on_disk, 4, **augment), strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])  # the same examples, augmented alike
         np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_a_script_without_a_main_guard_prepares_cases_in_workers(tmp_path):
+    """Spawned workers must not run the calling script again (here: it would prepare in every worker)."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        _write_case(tmp_path / "data", f"BraTS2021_{i:05d}", rng)
+    script = tmp_path / "prepare.py"
+    script.write_text(
+        "from data_pipelines import brats, input_pipeline\n"
+        f"cases = brats.find_cases({str(tmp_path / 'data')!r}, require_seg=True)\n"
+        "arrays = input_pipeline.build_arrays(cases, image_size=8, target='regions', slice_range=None,\n"
+        f"    healthy_fraction=0.5, seed=0, cache_dir={str(tmp_path / 'cache')!r}, progress=False,\n"
+        "    workers=2)\n"
+        "print('slices', len(arrays['z']))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["slices", "6"]  # printed once: the workers did not run the script
