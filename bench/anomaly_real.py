@@ -9,7 +9,8 @@ with `--healthy-root`, the IXI subjects there too for the sequences IXI has), th
 threshold chosen on the 2 validation cases' tumours, the 4 test cases' tumours scored (DSC, AUPRC, TNR,
 TPR) and the reconstruction of their healthy slices (SSIM, PSNR). The diffusion detectors are evaluated at
 every noise level of `--levels` (AnoDDPM's start step, the patch detectors' test step) and UMA-DDPM with
-every test-time input of `--test-inputs`; the validation Dice picks one per fold, and the test figures are
+every test-time input of `--test-inputs` (`--combine-levels`: also all levels' maps averaged); the validation
+Dice picks one per fold, and the test figures are
 that one's. Finished runs and evaluations are reused, so the table can grow over several sittings. The
 table goes to <out>/anomaly_real.md.
 """
@@ -67,6 +68,11 @@ def readings(detector: str, args: argparse.Namespace) -> list[tuple[str, list[st
             flags = [f"--config.{LEVEL_FIELD[detector]}={level}"] if level is not None else []
             flags += [f"--config.anomaly.test_input={reading}"] if reading else []
             out.append((name, flags))
+    if args.combine_levels and len(levels) > 1:  # every level's map averaged (`anomaly.levels`)
+        for reading in inputs:
+            name = "_".join(p for p in ("levels", reading or "") if p)
+            flags = [f"--config.anomaly.levels={args.levels}"]
+            out.append((name, flags + ([f"--config.anomaly.test_input={reading}"] if reading else [])))
     return out
 
 
@@ -148,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", default="250,499,750", help="noise levels tried on validation")
     parser.add_argument(
         "--test-inputs", default="plain,high_frequency,masked", help="UMA-DDPM's, on validation"
+    )
+    parser.add_argument(
+        "--combine-levels", action="store_true", help="also every level's maps averaged, as one more reading"
     )
     parser.add_argument("--preset", default="real")
     parser.add_argument("--steps", type=int, default=0, help="training steps; 0 = the preset's")

@@ -296,6 +296,8 @@ def anomaly_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
     a.uma_ratio = 0.25
     a.uma_mask_fraction = 0.5  # examples masked per batch (the paper: 1, every example; set in `paper`)
     a.test_input = "plain"  # UMA-DDPM at test: 'plain', 'high_frequency' or 'masked' (methods.md)
+    a.levels = ""  # e.g. '250,499,750': maps of partial diffusion at those levels averaged (anomaly_levels)
+    a.ensemble = 1  # reconstructions (noise draws) per level, their maps averaged
     a.dual_loss = False
     a.freq_weight = 1.0  # alpha
     a.pixel_weight = 1.0  # beta

@@ -15,6 +15,7 @@ from diffseg_jax.methods import patched_ddpm, reconstruction
 from diffseg_jax.methods.registry import build_method
 from diffseg_jax.models.anomaly import ModalityAwarePrompting, ReconstructionUNet
 from diffseg_jax.tasks import anomaly as task
+from diffseg_jax.tasks import anomaly_levels
 
 CONFIGS = ("anomaly_dae", "anomaly_anoddpm", "anomaly_pddpm", "anomaly_mddpm", "anomaly_uma_ddpm")
 
@@ -219,3 +220,53 @@ def test_uma_ddpm_test_input_is_the_image_its_high_pass_view_or_the_training_mas
     config.anomaly.corruption, config.anomaly.test_input = "uma", "blurred"
     with pytest.raises(ValueError, match="test_input"):
         patched_ddpm.test_input(config, key, images)
+
+
+def test_noise_levels_each_get_their_own_config_and_bad_levels_are_refused():
+    config = smoke_config("anomaly_pddpm")
+    config.anomaly.levels = "250, 750"
+    per_level = anomaly_levels.level_configs(config)
+    assert [c.anomaly.test_step for c in per_level] == [250, 750]
+    assert config.anomaly.test_step == 499  # the run's own config is left alone
+    anoddpm = smoke_config("anomaly_anoddpm")
+    anoddpm.anomaly.levels = "100,300"
+    assert [c.anomaly.start_step for c in anomaly_levels.level_configs(anoddpm)] == [100, 300]
+    assert anomaly_levels.level_configs(smoke_config("anomaly_pddpm")) != []  # no levels: the config itself
+    for name, levels, problem in (
+        ("anomaly_dae", "250", "no noise level"),
+        ("anomaly_pddpm", "250,1000", "outside"),
+        ("anomaly_pddpm", "low", "integers"),
+    ):
+        bad = smoke_config(name)
+        bad.anomaly.levels = levels
+        with pytest.raises(ValueError, match=problem):
+            anomaly_levels.level_configs(bad)
+
+
+def test_maps_of_several_reconstructions_are_averaged():
+    from data_pipelines.anomaly_data import AnomalyVolume
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(size=(6, 16, 16, 1)).astype(np.float32)
+    brain = np.zeros((6, 16, 16), bool)
+    brain[1:5, 3:13, 3:13] = True
+    volume = AnomalyVolume(
+        "case", image * brain[..., None], brain, brain & False, np.eye(4), __import__("pathlib").Path(".")
+    )
+    config = smoke_config("anomaly_pddpm")
+    keep = lambda images: images  # noqa: E731  a perfect reconstruction: zero map
+    flat = lambda images: np.full_like(images, 0.5)  # noqa: E731
+    amap, recon = task.map_and_reconstruction([keep, flat], volume, 0, config)
+    maps = [
+        task.anomaly_maps.volume_map(
+            volume.image[..., 0], task.reconstruct_volume(p, volume, 0), brain, config
+        )
+        for p in (keep, flat)
+    ]
+    np.testing.assert_allclose(amap, (maps[0] + maps[1]) / 2, atol=1e-6)
+    assert amap.max() > 0 and maps[0].max() == 0
+    single, _ = task.map_and_reconstruction([flat], volume, 0, config)
+    np.testing.assert_allclose(single, maps[1], atol=1e-6)
+    np.testing.assert_allclose(
+        recon[brain.any(axis=(1, 2))], 0.5 * (volume.image[..., 0] + 0.5)[brain.any(axis=(1, 2))], atol=1e-6
+    )

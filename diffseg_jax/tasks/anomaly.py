@@ -35,7 +35,7 @@ from data_pipelines.brats import DataError
 from diffseg_jax import inference, metrics, outputs, parallel
 from diffseg_jax.checkpoint import restore_params
 from diffseg_jax.methods.registry import build_method
-from diffseg_jax.tasks import anomaly_maps, case_records
+from diffseg_jax.tasks import anomaly_levels, anomaly_maps, case_records
 from diffseg_jax.tasks.base import Arrays, Predict, Task, TrainingData, output_dir
 
 KNOWN_SEQUENCES = ("t1", "t2", "flair")  # FLAIR: healthy slices of BraTS cases (IXI has none)
@@ -140,7 +140,6 @@ def evaluate(
     mesh = parallel.make_mesh()
     method = build_method(config)
     params, step = restore_params(config, workdir, method, mesh, example_batch(config))
-    predict_fn = inference.make_predict_fn(method, mesh)
     key = jax.random.PRNGKey(config.seed + 1000)
     tumour, healthy = splits["test_tumour"], splits["test"]
     if config.eval.data_root:  # another folder's cases, scored with the threshold of the training data
@@ -154,11 +153,17 @@ def evaluate(
     if config.eval.max_cases:
         tumour, healthy = tumour[: config.eval.max_cases], healthy[: config.eval.max_cases]
 
-    def predict(images: np.ndarray) -> np.ndarray:
+    def reconstruct(predict_fn, draw_key, images: np.ndarray) -> np.ndarray:
         out = inference.predict_slices(
-            predict_fn, params, images, key, mesh, **inference.eval_batching(config)
+            predict_fn, params, images, draw_key, mesh, **inference.eval_batching(config)
         )
         return out["reconstruction"]
+
+    predict = []  # one reconstruction per noise level and draw; their anomaly maps are averaged
+    for level_config in anomaly_levels.level_configs(config):
+        predict_fn = inference.make_predict_fn(build_method(level_config), mesh)
+        for draw in range(int(config.anomaly.get("ensemble", 1))):
+            predict.append(functools.partial(reconstruct, predict_fn, jax.random.fold_in(key, draw)))
 
     store = case_records.CaseRecords(out_dir, config, step)
     units: dict[str, Callable[[], case_records.Record]] = {}
@@ -199,12 +204,20 @@ def evaluate(
     return summary
 
 
+def map_and_reconstruction(predict, volume, k: int, config) -> tuple[np.ndarray, np.ndarray]:
+    """The mean anomaly map over the reconstructions of `predict` (a list: noise levels x draws, see
+    `anomaly_levels`), and their mean reconstruction; one reconstruction gives its own map."""
+    recons = [reconstruct_volume(p, volume, k) for p in predict]
+    image, brain = volume.image[..., k], volume.brain
+    amap = np.mean([anomaly_maps.volume_map(image, r, brain, config) for r in recons], axis=0)
+    return amap, np.mean(recons, axis=0)
+
+
 def _threshold(predict, volumes, k: int, config: ml_collections.ConfigDict) -> case_records.Record:
     """The anomaly-score threshold with the best Dice over the validation tumours' brain voxels."""
     val_scores, val_labels = [], []
     for volume in volumes:
-        recon = reconstruct_volume(predict, volume, k)
-        amap = anomaly_maps.volume_map(volume.image[..., k], recon, volume.brain, config)
+        amap, _ = map_and_reconstruction(predict, volume, k, config)
         val_scores.append(amap[volume.brain])
         val_labels.append(volume.label[volume.brain])
     threshold, val_dice = metrics.best_threshold(np.concatenate(val_scores), np.concatenate(val_labels))
@@ -214,16 +227,15 @@ def _threshold(predict, volumes, k: int, config: ml_collections.ConfigDict) -> c
 def _tumour_case(predict, volume, k, name, index, store, out_dir, config) -> case_records.Record:
     threshold = store.finished(f"threshold_{name}")["threshold"]
     tic = time.perf_counter()
-    recon = reconstruct_volume(predict, volume, k)
+    amap, recon = map_and_reconstruction(predict, volume, k, config)
     seconds = time.perf_counter() - tic
-    amap = anomaly_maps.volume_map(volume.image[..., k], recon, volume.brain, config)
     scores, pred = anomaly_maps.tumour_scores(amap, volume.label, volume.brain, threshold, config)
     _write_outputs(out_dir, config, volume, name, index, amap, recon, pred, k)
     return {"scores": {s: float(v) for s, v in scores.items()}, "seconds": seconds}
 
 
 def _healthy_case(predict, volume, k: int) -> case_records.Record:
-    recon = reconstruct_volume(predict, volume, k)
+    recon = np.mean([reconstruct_volume(p, volume, k) for p in predict], axis=0)
     scores = anomaly_maps.healthy_scores(volume.image[..., k], recon, anomaly_data.usable_brain(volume))
     return {"scores": {s: float(v) for s, v in scores.items()}}
 
