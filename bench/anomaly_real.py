@@ -9,10 +9,9 @@ with `--healthy-root`, the IXI subjects there too for the sequences IXI has), th
 threshold chosen on the 2 validation cases' tumours, the 4 test cases' tumours scored (DSC, AUPRC, TNR,
 TPR) and the reconstruction of their healthy slices (SSIM, PSNR). The diffusion detectors are evaluated at
 every noise level of `--levels` (AnoDDPM's start step, the patch detectors' test step) and UMA-DDPM with
-every test-time input of `--test-inputs` (`--combine-levels`: also all levels' maps averaged); the validation
-Dice picks one per fold, and the test figures are
-that one's. Finished runs and evaluations are reused, so the table can grow over several sittings. The
-table goes to <out>/anomaly_real.md.
+every test-time input of `--test-inputs` (`--combine-levels`: also all levels' maps averaged); the
+validation Dice picks one per fold, and the test figures are that one's. Finished runs and evaluations are
+reused, so the table can grow over several sittings. The table goes to <out>/anomaly_real.md.
 """
 
 from __future__ import annotations
