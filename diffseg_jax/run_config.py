@@ -31,6 +31,8 @@ NOT_PROTECTED = (
     "data.prepare_workers",
 )
 PATH_FIELDS = ("data.root", "train.init_from")
+# With eval.data_root these describe that folder's cases (e.g. T1c + FLAIR only), not the run's.
+OTHER_CASES_FIELDS = ("data.available",)
 
 
 def protected(path: str) -> bool:
@@ -138,6 +140,8 @@ def for_evaluation(
                 f"{mine.get(path)!r} (the run's own is {saved['config_file']})"
             )
     for path in overrides:
+        if path in OTHER_CASES_FIELDS and mine.get("eval.data_root"):
+            continue  # it describes the other folder's cases, not the run
         if protected(path) and path in theirs and mine.get(path) != theirs[path]:
             hint = (
                 "to score other cases use --config.eval.data_root"

@@ -82,3 +82,15 @@ def test_a_damaged_kept_config_is_one_line(tmp_path):
     (tmp_path / run_config.FILE).write_text(json.dumps({"config": {}}))
     with pytest.raises(ConfigError, match="config.json: not a saved run config"):
         run_config.load(tmp_path)
+
+
+def test_the_sequences_another_folder_has_may_differ_from_the_runs(tmp_path):
+    _trained(tmp_path)
+    given = unet_baseline.get_config("smoke")
+    given.data.available = "t1ce,flair"
+    with pytest.raises(ConfigError, match="data.available"):  # the run's own cases: refused
+        run_config.for_evaluation(given, ["data.available"], run_config.load(tmp_path), "W")
+    given.eval.data_root = str(tmp_path / "brats2013")  # another folder's cases: what they have
+    overrides = ["data.available", "eval.data_root"]
+    resolved = run_config.for_evaluation(given, overrides, run_config.load(tmp_path), "W")
+    assert resolved.data.available == "t1ce,flair"
