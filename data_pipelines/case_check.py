@@ -14,7 +14,7 @@ import logging
 import os
 import pathlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from data_pipelines import brats, case_workers
 from data_pipelines.brats import CaseFiles, DataError
@@ -56,18 +56,10 @@ def _save_passed(cache_file: pathlib.Path | None, passed: set[str]) -> None:
         logging.warning("case check cache not written (%s): %s", cache_file, err)
 
 
-def _header_problem(case: CaseFiles) -> DataError | None:
-    try:
-        brats.check_headers(case)
-    except DataError as err:
-        return err
-    return None
-
-
-def _value_problem(case: CaseFiles) -> DataError | None:
+def _problem(check: Callable[[CaseFiles], object], case: CaseFiles) -> DataError | None:
     """The case's one-line problem, or None (returned, not raised: it comes back from a worker process)."""
     try:
-        brats.load_case(case)
+        check(case)
     except DataError as err:
         return err
     return None
@@ -93,13 +85,20 @@ def check_cases(
     passed = _load_passed(cache_file)
     pending = [c for c in cases if case_signature(c) not in passed]
     failed: set[str] = set()
-    for stage, check in (("headers", _header_problem), ("values", _value_problem)):
+    for stage, check in (("headers", brats.check_headers), ("values", brats.load_case)):
         todo = [c for c in pending if c.case_id not in failed]
         stage_workers = 1 if stage == "headers" else workers  # headers are cheap: no processes
-        desc = f"checking {stage}"
-        for index, err in case_workers.run(
-            check, [(c,) for c in todo], workers=stage_workers, desc=desc, progress=progress
-        ):
+        jobs = [(check, c) for c in todo]
+        size = case_workers.case_bytes(todo)  # small inputs are read in this process
+        done = case_workers.run(
+            _problem,
+            jobs,
+            workers=stage_workers,
+            input_bytes=size,
+            desc=f"checking {stage}",
+            progress=progress,
+        )
+        for index, err in done:
             if err is None:
                 continue
             if on_bad_case == "stop":

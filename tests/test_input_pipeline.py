@@ -172,12 +172,19 @@ def test_build_arrays_and_cache(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache").glob(".*"))  # no temporary files left behind
 
 
+SLICING = dict(image_size=8, target="regions", slice_range=None, healthy_fraction=0.5, seed=0, progress=False)
+
+
+def _cases(folder: Path, ids: list[str], seed: int) -> list[brats.CaseFiles]:
+    rng = np.random.default_rng(seed)
+    for case_id in ids:
+        _write_case(folder, case_id, rng)
+    return brats.find_cases(folder, require_seg=True)
+
+
 def test_cases_are_prepared_in_worker_processes_as_in_one(tmp_path):
-    rng = np.random.default_rng(2)
-    for i in range(3):
-        _write_case(tmp_path / "data", f"Brats18_TCIA01_{i}_1", rng)
-    cases = brats.find_cases(tmp_path / "data", require_seg=True)
-    kw = dict(image_size=8, target="regions", slice_range=None, healthy_fraction=0.5, seed=0, progress=False)
+    cases = _cases(tmp_path / "data", [f"Brats18_TCIA01_{i}_1" for i in range(3)], seed=2)
+    kw = SLICING
     serial = ip.build_arrays(cases, cache_dir=tmp_path / "one", workers=1, **kw)
     parallel = ip.build_arrays(cases, cache_dir=tmp_path / "two", workers=2, **kw)
     for key, value in serial.items():
@@ -193,11 +200,8 @@ def test_cases_are_prepared_in_worker_processes_as_in_one(tmp_path):
 def test_slices_kept_on_disk_are_the_in_memory_slices_and_give_the_same_batches(tmp_path):
     from data_pipelines import slice_files
 
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        _write_case(tmp_path / "data", f"BraTS2021_{i:05d}", rng)
-    cases = brats.find_cases(tmp_path / "data", require_seg=True)
-    kw = dict(image_size=8, target="regions", slice_range=None, healthy_fraction=0.5, seed=0, progress=False)
+    cases = _cases(tmp_path / "data", [f"BraTS2021_{i:05d}" for i in range(3)], seed=1)
+    kw = SLICING
     in_memory = ip.build_arrays(cases, cache_dir=None, **kw)
     on_disk = ip.build_arrays(cases, cache_dir=tmp_path / "cache", on_disk=True, **kw)
     assert isinstance(on_disk["image"], slice_files.CaseRows)
