@@ -8,6 +8,7 @@ size and modification time of its files, so a second run reads nothing again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -98,14 +99,15 @@ def check_cases(
             desc=f"checking {stage}",
             progress=progress,
         )
-        for index, err in done:
-            if err is None:
-                continue
-            if on_bad_case == "stop":
-                _save_passed(cache_file, passed)
-                raise err
-            failed.add(todo[index].case_id)
-            bad.append(err)
+        with contextlib.closing(done):  # the bar ends before a raised error is printed
+            for index, err in done:
+                if err is None:
+                    continue
+                if on_bad_case == "stop":
+                    _save_passed(cache_file, passed)
+                    raise err
+                failed.add(todo[index].case_id)
+                bad.append(err)
     passed |= {case_signature(c) for c in pending if c.case_id not in failed}
     _save_passed(cache_file, passed)
     for err in bad:
