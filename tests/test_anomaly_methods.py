@@ -134,8 +134,9 @@ def test_modality_aware_network_adds_the_mam_and_still_maps_images_to_images():
     x = jnp.zeros((2, 16, 16, 1))
     t = jnp.zeros((2,), jnp.int32)
     kwargs = dict(out_channels=1, base_features=8, multipliers=(1, 2), attention_levels=(1,))
-    plain = ReconstructionUNet(**kwargs).init(jax.random.PRNGKey(0), x, t)["params"]
-    mam = ReconstructionUNet(**kwargs, modality_aware=True).init(jax.random.PRNGKey(0), x, t)["params"]
+    key = jax.random.PRNGKey(0)
+    plain = jax.eval_shape(ReconstructionUNet(**kwargs).init, key, x, t)["params"]
+    mam = jax.eval_shape(ReconstructionUNet(**kwargs, modality_aware=True).init, key, x, t)["params"]
     assert "ModalityAwareModule_0" in mam and "ModalityAwareModule_0" not in plain
     assert "MambaBlock_0" in mam["ModalityAwareModule_0"]
     with pytest.raises(ValueError, match="time-conditioned"):

@@ -61,16 +61,20 @@ def test_dce_levels_middle_fuses_only_the_middle_two_stages():
     config.model.multipliers = (1, 2, 2, 2)
     config.model.attention_levels = ()
     batch = {"image": jnp.ones((1, 16, 16, 4)), "label": jnp.zeros((1, 16, 16, 3))}
+
+    def params():  # traced, not run: which modules exist is a matter of structure
+        return jax.eval_shape(build_method(config).init, jax.random.PRNGKey(0), batch)
+
     config.model.dce_levels = "all"
-    every = build_method(config).init(jax.random.PRNGKey(0), batch)
+    every = params()
     config.model.dce_levels = "middle"
-    middle = build_method(config).init(jax.random.PRNGKey(0), batch)
+    middle = params()
     assert sorted(k for k in every if k.startswith("fusions_")) == [f"fusions_{i}" for i in range(4)]
     assert sorted(k for k in middle if k.startswith("fusions_")) == ["fusions_0", "fusions_1"]
     # The condition encoder stops at the deepest fused level (2 of 0..3).
     assert "cond_levels_3" in every and "cond_levels_3" not in middle and "cond_levels_2" in middle
     config.model.dce_levels = "1,2"
-    explicit = build_method(config).init(jax.random.PRNGKey(0), batch)
+    explicit = params()
     assert jax.tree.structure(explicit) == jax.tree.structure(middle)
     assert v1_config.get_config("paper").model.dce_levels == "middle"
     for bad in ("centre", "1,4"):  # not a level name; level 4 of 0..3
@@ -159,17 +163,21 @@ def test_v2_builds_at_any_divisible_size_and_switches_remove_their_layers(size):
     image = jnp.ones((1, size, size, 4))
     t = jnp.array([5])
     kwargs = dict(out_channels=3, base_features=8, multipliers=(1, 2, 2), attention_levels=(2,))
-    full = MedSegDiffV2Net(**kwargs).init(jax.random.PRNGKey(0), x_t, t, image)["params"]
+
+    def params(**switches):  # traced, not run: building is a matter of shapes
+        net = MedSegDiffV2Net(**kwargs, **switches)
+        return jax.eval_shape(net.init, jax.random.PRNGKey(0), x_t, t, image)["params"]
+
+    full = params()
     assert "anchor_attention" in full and "semantic_former" in full
     nbp = full["semantic_former"]["SpectralCrossAttention_0"]["NBPFilter_0"]["base"]
     assert nbp.shape == (size // 4, size // 8 + 1, 16)
-    plain = MedSegDiffV2Net(**kwargs, anchor="plain", ss_former=False).init(
-        jax.random.PRNGKey(0), x_t, t, image
-    )
-    assert "mean" not in plain["params"]["anchor_attention"] and "semantic_former" not in plain["params"]
-    no_nbp = MedSegDiffV2Net(**kwargs, nbp_filter=False).init(jax.random.PRNGKey(0), x_t, t, image)["params"]
+    plain = params(anchor="plain", ss_former=False)
+    assert "mean" not in plain["anchor_attention"] and "semantic_former" not in plain
+    no_nbp = params(nbp_filter=False)
     assert "NBPFilter_0" not in no_nbp["semantic_former"]["SpectralCrossAttention_0"]
-    assert MedSegDiffV2Net(**kwargs).apply({"params": full}, x_t, t, image).shape == (1, size, size, 3)
+    out = jax.eval_shape(MedSegDiffV2Net(**kwargs).apply, {"params": full}, x_t, t, image)
+    assert out.shape == (1, size, size, 3)
 
 
 def test_condition_loss_only_counts_steps_divisible_by_alpha():
