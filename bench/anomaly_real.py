@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detectors", default=",".join(DETECTORS))
     parser.add_argument("--sequences", default="t2,flair")
     parser.add_argument("--folds", default="0,1,2")
-    parser.add_argument("--levels", default="250,499,750", help="noise levels tried on validation")
+    parser.add_argument("--levels", default="50,100,250,499,750", help="noise levels tried on validation")
     parser.add_argument(
         "--test-inputs", default="plain,high_frequency,masked", help="UMA-DDPM's, on validation"
     )
