@@ -68,8 +68,8 @@ def readings(detector: str, args: argparse.Namespace) -> list[tuple[str, list[st
             flags += [f"--config.anomaly.test_input={reading}"] if reading else []
             out.append((name, flags))
     if args.combine_levels and len(levels) > 1:  # every level's map averaged (`anomaly.levels`)
+        grid = "levels_" + "-".join(str(v) for v in levels)  # the grid in the name: no stale reuse
         for reading in inputs:
-            grid = "levels_" + "-".join(str(v) for v in levels)  # the grid in the name: no stale reuse
             name = "_".join(p for p in (grid, reading or "") if p)
             flags = [f"--config.anomaly.levels={args.levels}"]
             out.append((name, flags + ([f"--config.anomaly.test_input={reading}"] if reading else [])))

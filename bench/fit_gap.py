@@ -18,7 +18,8 @@ import subprocess
 import sys
 
 import numpy as np
-from real_data import REGIONS, read_cases  # bench/ is the script's folder, on sys.path
+from finished import trained  # bench/ is the script's folder, on sys.path
+from real_data import REGIONS, read_cases
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,6 +44,8 @@ def evaluate_training_cases(workdir: pathlib.Path, method: str, args: argparse.N
     eval_dir = workdir / "eval_train"
     if (eval_dir / "per_case.csv").exists():
         return
+    if not trained(workdir) or not (workdir / "eval" / "per_case.csv").exists():
+        raise SystemExit(f"{workdir}: no finished, evaluated fold run there (run bench/real_brats.py first)")
     linked = workdir / "train_cases"  # the training cases' folders, linked: run_eval reads a folder
     linked.mkdir(exist_ok=True)
     for case in training_cases(method, args.preset, args.root, args.folds, fold):

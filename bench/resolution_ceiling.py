@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="64,128", help="comma-separated data.image_size values")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    dice = ceiling(args.root, sizes)
+    try:
+        dice = ceiling(args.root, sizes)
+    except brats.DataError as err:  # one line naming the file, not a traceback
+        raise SystemExit(str(err)) from None
     lines = ["| image size | WT Dice | TC Dice | ET Dice | ET, lowest case |", "|---|---|---|---|---|"]
     for s in sizes:
         cells = [f"{np.mean(dice[s][r]):.3f} ± {np.std(dice[s][r]):.3f}" for r in REGIONS]
