@@ -223,6 +223,33 @@ def test_slices_kept_on_disk_are_the_in_memory_slices_and_give_the_same_batches(
         np.testing.assert_array_equal(a["image"], b["image"])  # the same examples, augmented alike
         np.testing.assert_array_equal(a["label"], b["label"])
 
+    # read from disk, a resumed run equals the uninterrupted one, and each process reads its own share
+    whole = _take(on_disk, 5, global_batch_size=4, seed=3)
+    for a, b in zip(whole[2:], _take(on_disk, 3, global_batch_size=4, seed=3, start_step=2), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    share = dict(global_batch_size=4, seed=3, process_count=2)
+    shares = [_take(on_disk, 5, process_index=p, **share) for p in (0, 1)]
+    rows = np.asarray(on_disk["image"]).reshape(len(in_memory["z"]), -1)
+    n, checked = len(rows), 0
+    for step, batch in enumerate(whole):
+        parts = [s[step]["image"] for s in shares]
+        np.testing.assert_array_equal(np.concatenate(parts), batch["image"])
+        if 4 * step // n == (4 * step + 3) // n:  # within one epoch's permutation: no row twice
+            taken = [{_row_of(x, rows) for x in part} for part in parts]  # dataset rows, flips undone
+            assert all(len(t) == 2 for t in taken) and not taken[0] & taken[1]
+            checked += 1
+    assert checked >= 2
+
+
+def _row_of(example: np.ndarray, rows: np.ndarray) -> int:
+    """The dataset row an (optionally flipped / turned) example came from."""
+    for variant in (np.rot90(v, r) for v in (example, example[::-1], example[:, ::-1]) for r in range(4)):
+        hits = np.flatnonzero((rows == variant.reshape(1, -1)).all(axis=1))
+        if len(hits):
+            return int(hits[0])
+    raise AssertionError("example is no dataset row under a flip or quarter turn")
+
 
 def test_a_script_without_a_main_guard_prepares_cases_in_workers(tmp_path):
     """Spawned workers must not run the calling script again (here: it would prepare in every worker)."""
