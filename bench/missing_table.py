@@ -46,7 +46,7 @@ from diffseg_jax.tasks.tables import (  # noqa: E402
 
 # run name -> (config, training overrides)
 RUNS = {
-    "btsegdiff": ("btsegdiff", []),
+    "btsegdiff": ("btsegdiff", ["--config.train.sequence_dropout=0"]),  # all four always, at any preset
     "btsegdiff_dropout": ("btsegdiff", ["--config.train.sequence_dropout=0.5"]),
     "shaspec": ("shaspec", []),
     "m2dn": ("m2dn", []),

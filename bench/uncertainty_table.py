@@ -38,7 +38,7 @@ SOURCES = {
     "U-Net + MC dropout (10 passes)": (
         "unet_baseline",
         "unet_baseline_dropout",
-        ["--config.model.dropout=0.1"],
+        ["--config.model.dropout=0.1", "--config.train.sequence_dropout=0"],  # as the U-Net beside it
         ["--config.model.dropout=0.1", "--config.eval.mc_dropout=10"],
     ),
     "MedSegDiff-V1 entropy of the mean of 5 chains": (
