@@ -18,7 +18,7 @@ Every run goes through run_train.py / run_eval.py into <out>/<run>; finished run
 so the script can be rerun after an interruption. `--config.*` overrides go to every run.
 With `--root`: cross-validated by case over those labelled cases, every run in <out>/<run>/fold<k>
 (bench/real_brats.py's layout, so its trained folds are reused), the subset Dice the mean over every case of
-every fold; the synthesis table is left out.
+every fold (`--only-folds=0`: of fold 0 only, into missing_real_fold0.md); the synthesis table is left out.
 """
 
 from __future__ import annotations
@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--routes", default=",".join(ROUTES), help="comma-separated names of ROUTES")
     parser.add_argument("--root", default="", help="labelled real cases: cross-validate over them by case")
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument(
+        "--only-folds", default="", help="with --root: run and tabulate these folds only, e.g. '0'"
+    )
     args, extra = parser.parse_known_args(argv)
     if any(not o.startswith("--config.") for o in extra):
         parser.error(f"unknown arguments {extra}; only --config.* overrides are passed through")
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     routes = args.routes.split(",")
     if args.root:
         per_fold: dict[str, list[dict]] = {label: [] for label in routes}
-        for fold in range(args.folds):  # fold by fold: a partial run covers whole folds
+        folds = [int(f) for f in args.only_folds.split(",")] if args.only_folds else range(args.folds)
+        for fold in folds:  # fold by fold: a partial run covers whole folds
             data = [f"--config.data.root={args.root}", f"--config.data.folds={args.folds}"]
             data.append(f"--config.data.fold={fold}")
             for label in routes:
@@ -177,9 +181,11 @@ def main(argv: list[str] | None = None) -> None:
                     evaluate_route(out, seg, filler, args.preset, extra + data, eval_args, f"fold{fold}")
                 )
         pooled = {label: pooled_over_folds(tables) for label, tables in per_fold.items()}
-        text = f"Segmentation from each subset (Dice in %, every case of {args.folds} folds)\n\n"
+        which = f"fold {args.only_folds} of {args.folds}" if args.only_folds else f"{args.folds} folds"
+        text = f"Segmentation from each subset (Dice in %, every case of {which})\n\n"
         text += subsets_markdown(pooled)
-        (out / "missing_real.md").write_text(text)
+        suffix = "_fold" + args.only_folds.replace(",", "-") if args.only_folds else ""
+        (out / f"missing_real{suffix}.md").write_text(text)
         print(text)
         return
 
