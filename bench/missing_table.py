@@ -33,6 +33,7 @@ import sys
 
 import numpy as np
 from finished import trained  # bench/ is the script's folder, on sys.path
+from strategy_ablation import paired_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -127,6 +128,31 @@ def pooled_over_folds(tables: list[dict]) -> dict:
     return {"dice": dice, "mean_over_subsets": mean, "num_cases": sum(t["num_cases"] for t in tables)}
 
 
+def per_case_over_subsets(tables: list[dict]) -> dict[str, dict[str, float]]:
+    """Each case's Dice averaged over the 15 subsets, per region: the unit of a paired comparison."""
+    per_case: dict[str, dict[str, list[float]]] = {}
+    for subset in (",".join(s) for s in all_subsets()):
+        for table in tables:
+            path = pathlib.Path(table["folder"]) / "subsets" / subset.replace(",", "+") / "per_case.csv"
+            for row in csv.DictReader(path.open()):
+                scores = per_case.setdefault(row["case_id"], {})
+                for r in ("wt", "tc", "et"):
+                    scores.setdefault(r, []).append(float(row[f"{r}_dice"]))
+    return {case: {r: float(np.mean(v)) for r, v in scores.items()} for case, scores in per_case.items()}
+
+
+def paired_routes(per_fold: dict[str, list[dict]]) -> str:
+    """Each route minus the first, case by case over the mean of the 15 subsets, with a bootstrap interval."""
+    per_route = {label: per_case_over_subsets(tables) for label, tables in per_fold.items()}
+    labels = list(per_route)
+    cases = sorted(per_route[labels[0]])
+    dice = {
+        label: {r: np.array([per_route[label][c][r] for c in cases]) for r in ("wt", "tc", "et")}
+        for label in labels
+    }
+    return paired_table(labels, dice, "per case, mean of the 15 subsets")
+
+
 def flair_alone_line(routes: dict[str, dict]) -> str:
     """The headline figure: best route's WT Dice from flair alone / all-four BTSegDiff's WT on all four."""
     full = routes["BTSegDiff (all four)"]["dice"]["t1,t1ce,t2,flair"]["wt"]
@@ -184,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         which = f"fold {args.only_folds} of {args.folds}" if args.only_folds else f"{args.folds} folds"
         text = f"Segmentation from each subset (Dice in %, every case of {which})\n\n"
         text += subsets_markdown(pooled)
+        if len(routes) > 1:
+            text += "\n" + paired_routes(per_fold)
         suffix = "_fold" + args.only_folds.replace(",", "-") if args.only_folds else ""
         (out / f"missing_real{suffix}.md").write_text(text)
         print(text)
