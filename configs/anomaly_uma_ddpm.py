@@ -4,6 +4,8 @@ Variants (`:<preset>,<variant>`, e.g. `:default,unified`): `single` (one sequenc
 `--config.data.sequences=t1`), `unified` (T1 and T2, one model), and the ablation `masking` (masking only)
 and `mam` (masking + MAM, no dual loss). The dual-domain loss adds the network's amplitude head (A_rec).
 `anomaly.uma_mask_fraction`: the share of training examples masked (paper preset 1: every one; default 0.5).
+`anomaly.test_input`: what the network reads at test (`real`, `paper`: the training masking, chosen on
+validation on real tumours; default: the plain image).
 """
 
 from diffseg_jax.config_defaults import anomaly_config
