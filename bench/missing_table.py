@@ -197,7 +197,12 @@ def main(argv: list[str] | None = None) -> None:
     routes = args.routes.split(",")
     if args.root:
         per_fold: dict[str, list[dict]] = {label: [] for label in routes}
-        folds = [int(f) for f in args.only_folds.split(",")] if args.only_folds else range(args.folds)
+        folds = list(range(args.folds))
+        if args.only_folds:
+            wanted = args.only_folds.split(",")
+            if not all(f.isdigit() and int(f) < args.folds for f in wanted):
+                parser.error(f"--only-folds={args.only_folds}: expected folds below --folds={args.folds}")
+            folds = [int(f) for f in wanted]
         for fold in folds:  # fold by fold: a partial run covers whole folds
             data = [f"--config.data.root={args.root}", f"--config.data.folds={args.folds}"]
             data.append(f"--config.data.fold={fold}")

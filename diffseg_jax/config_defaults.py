@@ -349,7 +349,7 @@ def anomaly_config(arg: str | None, method: str) -> ml_collections.ConfigDict:
         a.uma_patch = 12
         a.mddpm_half_width_range = (3, 15)
         # UMA-DDPM reads the training-time masking at test: on validation it beats the plain image at every
-        # noise level (docs/results.md, "On real tumours: first fold"); the other detectors ignore the field
+        # noise level up to 499 (docs/results.md, "On real tumours: first fold"); other detectors ignore it
         a.test_input = "masked"
     elif preset == "paper":
         d.grid = (96, 96, 50)
