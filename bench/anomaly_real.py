@@ -9,9 +9,11 @@ with `--healthy-root`, the IXI subjects there too for the sequences IXI has), th
 threshold chosen on the 2 validation cases' tumours, the 4 test cases' tumours scored (DSC, AUPRC, TNR,
 TPR) and the reconstruction of their healthy slices (SSIM, PSNR). The diffusion detectors are evaluated at
 every noise level of `--levels` (AnoDDPM's start step, the patch detectors' test step) and UMA-DDPM with
-every test-time input of `--test-inputs` (`--combine-levels`: also all levels' maps averaged); the
+every test-time input of `--test-inputs` (`--combine-levels`: also all levels' maps averaged;
+`--ensembles`: also each level's maps over several noise draws averaged); the
 validation Dice picks one per fold, and the test figures are that one's. Finished runs and evaluations are
-reused, so the table can grow over several sittings. The table goes to <out>/anomaly_real.md.
+reused, and each fold's pick is kept as a record (`--records`) that the table is built from, so the table can
+grow over several sittings. The table goes to <out>/anomaly_real.md.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def readings(detector: str, args: argparse.Namespace) -> list[tuple[str, list[st
     """(name, run_eval flags) of every test-time setting tried on validation."""
     levels = [int(v) for v in args.levels.split(",")] if detector in LEVEL_FIELD else [None]
     inputs = args.test_inputs.split(",") if detector == "uma_ddpm" else [None]
+    ensembles = [int(v) for v in args.ensembles.split(",") if int(v) > 1]
     out = []
     for level in levels:
         for reading in inputs:
@@ -67,6 +70,8 @@ def readings(detector: str, args: argparse.Namespace) -> list[tuple[str, list[st
             flags = [f"--config.{LEVEL_FIELD[detector]}={level}"] if level is not None else []
             flags += [f"--config.anomaly.test_input={reading}"] if reading else []
             out.append((name, flags))
+            for draws in ensembles if level is not None else []:  # maps of several noise draws averaged
+                out.append((f"{name}_ens{draws}", [*flags, f"--config.anomaly.ensemble={draws}"]))
     if args.combine_levels and len(levels) > 1:  # every level's map averaged (`anomaly.levels`)
         grid = "levels_" + "-".join(str(v) for v in levels)  # the grid in the name: no stale reuse
         for reading in inputs:
@@ -76,22 +81,55 @@ def readings(detector: str, args: argparse.Namespace) -> list[tuple[str, list[st
     return out
 
 
+def record_path(args: argparse.Namespace, detector: str, sequence: str, fold: int) -> pathlib.Path:
+    return (
+        pathlib.Path(args.records or pathlib.Path(args.out) / "records")
+        / f"{detector}_{sequence}_fold{fold}.json"
+    )
+
+
+def kept_record(args: argparse.Namespace, detector: str, sequence: str, fold: int) -> dict | None:
+    """The fold's record if it was measured on the same reading grid as asked now."""
+    path = record_path(args, detector, sequence, fold)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if list(record["tried"]) == [name for name, _ in readings(detector, args)] else None
+
+
 def fold_run(out: pathlib.Path, detector: str, sequence: str, fold: int, args: argparse.Namespace) -> dict:
-    """Trains (unless finished) and evaluates every reading of one fold; returns the one validation picks."""
+    """Trains (unless finished) and evaluates every reading of one fold; records the one validation picks.
+
+    The record (every reading's validation Dice, the pick's per-case rows) is what the table reads, so a fold
+    measured once is not trained again while its record is kept, even after its run folder is gone.
+    """
+    kept = kept_record(args, detector, sequence, fold)
+    if kept is not None:
+        return kept
+    record = record_path(args, detector, sequence, fold)
     workdir = out / f"{detector}_{sequence}" / f"fold{fold}"
     data = data_args(args, sequence, fold)
     if not trained(workdir):
         steps = [f"--config.train.steps={args.steps}"] if args.steps else []
         _run("run_train.py", detector, args.preset, [f"--workdir={workdir}", *data, *steps])
     tried = []
-    for name, flags in readings(detector, args):
+    for name, flags in readings(detector, args):  # (the order of `names`)
         eval_dir = workdir / f"eval_{name}" if name != "eval" else workdir / "eval"
         if not (eval_dir / "metrics.json").exists():
             evaluation = [f"--workdir={workdir}", *data, *flags, f"--config.eval.output_dir={eval_dir}"]
             _run("run_eval.py", detector, args.preset, evaluation)
         stats = json.loads((eval_dir / "metrics.json").read_text())["sequences"][sequence]
-        tried.append({"reading": name, "val_dice": stats["val_dice"], "eval_dir": eval_dir})
-    return max(tried, key=lambda r: r["val_dice"])
+        tried.append({"reading": name, "val_dice": round(float(stats["val_dice"]), 4), "eval_dir": eval_dir})
+    pick = max(tried, key=lambda r: r["val_dice"])
+    result = {
+        "reading": pick["reading"],
+        "val_dice": pick["val_dice"],
+        "tried": {r["reading"]: r["val_dice"] for r in tried},
+        "rows": case_rows(pick["eval_dir"], sequence),
+    }
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def case_rows(eval_dir: pathlib.Path, sequence: str) -> list[dict]:
@@ -101,7 +139,7 @@ def case_rows(eval_dir: pathlib.Path, sequence: str) -> list[dict]:
 
 def detector_result(out: pathlib.Path, detector: str, sequence: str, folds: list[int], args) -> dict:
     chosen = [fold_run(out, detector, sequence, k, args) for k in folds]
-    rows = [r for c in chosen for r in case_rows(c["eval_dir"], sequence)]
+    rows = [r for c in chosen for r in c["rows"]]
     tumour = [r for r in rows if r["kind"] == "tumour"]
     healthy = [r for r in rows if r["kind"] == "healthy"]
     values = {m: [float(r[m]) for r in tumour] for m in TUMOUR_METRICS}
@@ -110,7 +148,7 @@ def detector_result(out: pathlib.Path, detector: str, sequence: str, folds: list
         "cases": [r["case_id"] for r in tumour],
         "values": values,
         "readings": [c["reading"] for c in chosen],
-        "val_dice": [round(float(c["val_dice"]), 4) for c in chosen],
+        "val_dice": [c["val_dice"] for c in chosen],
     }
 
 
@@ -156,7 +194,13 @@ def main(argv: list[str] | None = None) -> None:
         "--test-inputs", default="plain,high_frequency,masked", help="UMA-DDPM's, on validation"
     )
     parser.add_argument(
+        "--ensembles", default="1", help="noise draws per level tried on validation, e.g. 1,4"
+    )
+    parser.add_argument(
         "--combine-levels", action="store_true", help="also every level's maps averaged, as one more reading"
+    )
+    parser.add_argument(
+        "--records", default="", help="each fold's pick and per-case rows; default <out>/records"
     )
     parser.add_argument("--preset", default="real")
     parser.add_argument("--steps", type=int, default=0, help="training steps; 0 = the preset's")
@@ -169,7 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for detector in args.detectors.split(","):
         for sequence in sequences:
-            done = all(trained(out / f"{detector}_{sequence}" / f"fold{k}") for k in folds)
+            done = all(
+                kept_record(args, detector, sequence, k) is not None
+                or trained(out / f"{detector}_{sequence}" / f"fold{k}")
+                for k in folds
+            )
             if args.table_only and not done:
                 continue
             results[(detector, sequence)] = detector_result(out, detector, sequence, folds, args)

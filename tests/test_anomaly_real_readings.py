@@ -1,9 +1,10 @@
 """bench/anomaly_real.py: every test-time reading it tries has a folder name of its own, so a finished
-evaluation is reused only for the very setting that made it."""
+evaluation, and a fold's record, is reused only for the very settings that made it."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -11,8 +12,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import anomaly_real  # noqa: E402
 
 
-def _args(levels: str) -> argparse.Namespace:
-    return argparse.Namespace(levels=levels, test_inputs="plain,masked", combine_levels=True)
+def _args(levels: str, ensembles: str = "1", **extra) -> argparse.Namespace:
+    return argparse.Namespace(
+        levels=levels, test_inputs="plain,masked", combine_levels=True, ensembles=ensembles, **extra
+    )
 
 
 def test_each_reading_names_its_level_input_and_grid():
@@ -33,3 +36,20 @@ def test_another_level_grid_is_another_combined_reading():
     second = {n for n, _ in anomaly_real.readings("anoddpm", _args("100,250,499,750"))}
     assert "levels_250-499-750" in first and "levels_100-250-499-750" in second
     assert first - second == {"levels_250-499-750"}
+
+
+def test_ensembles_are_readings_of_their_own_per_level():
+    names = dict(anomaly_real.readings("anoddpm", _args("50,100", ensembles="1,4")))
+    assert names["t100_ens4"] == ["--config.anomaly.start_step=100", "--config.anomaly.ensemble=4"]
+    assert {"t50", "t100", "t50_ens4", "t100_ens4"} <= set(names)
+    assert not any("ens" in n for n in dict(anomaly_real.readings("dae", _args("50", ensembles="1,4"))))
+
+
+def test_a_record_is_kept_only_for_the_grid_that_made_it(tmp_path):
+    args = _args("50,100", ensembles="1,4", records=str(tmp_path), out=str(tmp_path))
+    tried = {name: 0.5 for name, _ in anomaly_real.readings("anoddpm", args)}
+    path = anomaly_real.record_path(args, "anoddpm", "t2", 1)
+    path.write_text(json.dumps({"reading": "t50", "val_dice": 0.5, "tried": tried, "rows": []}))
+    assert anomaly_real.kept_record(args, "anoddpm", "t2", 1)["reading"] == "t50"
+    assert anomaly_real.kept_record(args, "anoddpm", "t2", 2) is None  # another fold
+    assert anomaly_real.kept_record(_args("50,250", records=str(tmp_path)), "anoddpm", "t2", 1) is None
