@@ -89,12 +89,13 @@ def record_path(args: argparse.Namespace, detector: str, sequence: str, fold: in
 
 
 def kept_record(args: argparse.Namespace, detector: str, sequence: str, fold: int) -> dict | None:
-    """The fold's record if it was measured on the same reading grid as asked now."""
+    """The fold's record if it was measured on the reading grid asked now (`--table-only`: on any grid)."""
     path = record_path(args, detector, sequence, fold)
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    return record if list(record["tried"]) == [name for name, _ in readings(detector, args)] else None
+    same_grid = list(record["tried"]) == [name for name, _ in readings(detector, args)]
+    return record if same_grid or getattr(args, "table_only", False) else None
 
 
 def fold_run(out: pathlib.Path, detector: str, sequence: str, fold: int, args: argparse.Namespace) -> dict:

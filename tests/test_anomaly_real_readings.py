@@ -53,3 +53,5 @@ def test_a_record_is_kept_only_for_the_grid_that_made_it(tmp_path):
     assert anomaly_real.kept_record(args, "anoddpm", "t2", 1)["reading"] == "t50"
     assert anomaly_real.kept_record(args, "anoddpm", "t2", 2) is None  # another fold
     assert anomaly_real.kept_record(_args("50,250", records=str(tmp_path)), "anoddpm", "t2", 1) is None
+    tabulating = _args("50,250", records=str(tmp_path), table_only=True)
+    assert anomaly_real.kept_record(tabulating, "anoddpm", "t2", 1)["reading"] == "t50"  # what was measured
