@@ -69,14 +69,15 @@ def readings(detector: str, args: argparse.Namespace) -> list[tuple[str, list[st
             )
             flags = [f"--config.{LEVEL_FIELD[detector]}={level}"] if level is not None else []
             flags += [f"--config.anomaly.test_input={reading}"] if reading else []
-            out.append((name, flags))
+            one_draw = ["--config.anomaly.ensemble=1"] if level is not None else []  # whatever the preset's
+            out.append((name, flags + one_draw))
             for draws in ensembles if level is not None else []:  # maps of several noise draws averaged
                 out.append((f"{name}_ens{draws}", [*flags, f"--config.anomaly.ensemble={draws}"]))
     if args.combine_levels and len(levels) > 1:  # every level's map averaged (`anomaly.levels`)
         grid = "levels_" + "-".join(str(v) for v in levels)  # the grid in the name: no stale reuse
         for reading in inputs:
             name = "_".join(p for p in (grid, reading or "") if p)
-            flags = [f"--config.anomaly.levels={args.levels}"]
+            flags = [f"--config.anomaly.levels={args.levels}", "--config.anomaly.ensemble=1"]
             out.append((name, flags + ([f"--config.anomaly.test_input={reading}"] if reading else [])))
     return out
 
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if not results:
         raise SystemExit("no detector has finished every fold yet")
     text = markdown(results, sequences)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "anomaly_real.md").write_text(text)
     (out / "anomaly_real.json").write_text(
         json.dumps({f"{d}_{s}": r for (d, s), r in results.items()}, indent=1, default=str)

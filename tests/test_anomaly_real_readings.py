@@ -26,6 +26,7 @@ def test_each_reading_names_its_level_input_and_grid():
     }  # fmt: skip
     assert names["levels_100-250_masked"] == [
         "--config.anomaly.levels=100,250",
+        "--config.anomaly.ensemble=1",
         "--config.anomaly.test_input=masked",
     ]
     assert dict(anomaly_real.readings("dae", _args("100,250"))) == {"eval": []}
@@ -41,6 +42,10 @@ def test_another_level_grid_is_another_combined_reading():
 def test_ensembles_are_readings_of_their_own_per_level():
     names = dict(anomaly_real.readings("anoddpm", _args("50,100", ensembles="1,4")))
     assert names["t100_ens4"] == ["--config.anomaly.start_step=100", "--config.anomaly.ensemble=4"]
+    assert names["t100"] == [
+        "--config.anomaly.start_step=100",
+        "--config.anomaly.ensemble=1",
+    ]  # not the preset's
     assert {"t50", "t100", "t50_ens4", "t100_ens4"} <= set(names)
     assert not any("ens" in n for n in dict(anomaly_real.readings("dae", _args("50", ensembles="1,4"))))
 
