@@ -94,7 +94,12 @@ def kept_record(args: argparse.Namespace, detector: str, sequence: str, fold: in
     path = record_path(args, detector, sequence, fold)
     if not path.exists():
         return None
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(
+            f"{path}: not a readable fold record ({err}); delete it to measure the fold again"
+        ) from None
     same_grid = list(record["tried"]) == [name for name, _ in readings(detector, args)]
     return record if same_grid or getattr(args, "table_only", False) else None
 
@@ -115,7 +120,7 @@ def fold_run(out: pathlib.Path, detector: str, sequence: str, fold: int, args: a
         steps = [f"--config.train.steps={args.steps}"] if args.steps else []
         _run("run_train.py", detector, args.preset, [f"--workdir={workdir}", *data, *steps])
     tried = []
-    for name, flags in readings(detector, args):  # (the order of `names`)
+    for name, flags in readings(detector, args):
         eval_dir = workdir / f"eval_{name}" if name != "eval" else workdir / "eval"
         if not (eval_dir / "metrics.json").exists():
             evaluation = [f"--workdir={workdir}", *data, *flags, f"--config.eval.output_dir={eval_dir}"]

@@ -8,6 +8,8 @@ import json
 import pathlib
 import sys
 
+import pytest
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import anomaly_real  # noqa: E402
 
@@ -60,3 +62,10 @@ def test_a_record_is_kept_only_for_the_grid_that_made_it(tmp_path):
     assert anomaly_real.kept_record(_args("50,250", records=str(tmp_path)), "anoddpm", "t2", 1) is None
     tabulating = _args("50,250", records=str(tmp_path), table_only=True)
     assert anomaly_real.kept_record(tabulating, "anoddpm", "t2", 1)["reading"] == "t50"  # what was measured
+
+
+def test_a_damaged_record_names_its_file(tmp_path):
+    args = _args("50", records=str(tmp_path), out=str(tmp_path))
+    anomaly_real.record_path(args, "anoddpm", "t2", 0).write_text("{half")
+    with pytest.raises(SystemExit, match="anoddpm_t2_fold0.json: not a readable fold record"):
+        anomaly_real.kept_record(args, "anoddpm", "t2", 0)
