@@ -7,6 +7,7 @@ part of the training loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import pathlib
 from collections.abc import Iterator
@@ -46,6 +47,16 @@ def _without_orbax_logs() -> Iterator[None]:
         absl_logger.removeFilter(drop)
 
 
+@functools.cache  # once per process
+def _write_each_array_whole() -> None:
+    """Each array written whole by its first replica. Orbax's default splits a replicated array into one
+    slice per replica, an XLA program per shape (compiled in every process): for this project's networks
+    that made a save 2-10x slower than the write, and saves are where the trainer waits."""
+    handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+    with _without_orbax_logs():  # orbax warns that a handler is replaced: that is the point
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class Checkpoints:
     """`latest` keeps the newest `max_to_keep` steps (resume); `best_metric` keeps the best by a metric."""
 
@@ -68,6 +79,7 @@ class Checkpoints:
             enable_async_checkpointing=False,
         )
         self.directory = pathlib.Path(directory).absolute()
+        _write_each_array_whole()
         with _without_orbax_logs():  # it reads every step's metadata; a damaged one is reported on restore
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._best_metric = best_metric
