@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
+import jax
 import ml_collections
 
 from diffseg_jax.config_defaults import ConfigError
@@ -35,8 +37,11 @@ def build_method(config: ml_collections.ConfigDict) -> Method:
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
     try:
-        return importlib.import_module(_METHODS[name]).build(config)
+        method = importlib.import_module(_METHODS[name]).build(config)
     except ConfigError:
         raise
     except ValueError as err:  # a config value the method refuses (e.g. sampling.fusion): one line
         raise ConfigError(str(err)) from None
+    # init compiled as one program: run eagerly, each of its hundreds of ops is compiled on its own, in
+    # every process (seconds per run; a minute for the `real` networks on the CPU).
+    return dataclasses.replace(method, init=jax.jit(method.init))
