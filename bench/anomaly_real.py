@@ -13,7 +13,8 @@ every test-time input of `--test-inputs` (`--combine-levels`: also all levels' m
 `--ensembles`: also each level's maps over several noise draws averaged); the
 validation Dice picks one per fold, and the test figures are that one's. Finished runs and evaluations are
 reused, and each fold's pick is kept as a record (`--records`) that the table is built from, so the table can
-grow over several sittings. The table goes to <out>/anomaly_real.md.
+grow over several sittings; a record is reused for the same readings on the same data (preset, steps, extra
+flags and the case folders' entries) only. The table goes to <out>/anomaly_real.md.
 """
 
 from __future__ import annotations
@@ -89,8 +90,22 @@ def record_path(args: argparse.Namespace, detector: str, sequence: str, fold: in
     )
 
 
+def data_key(args: argparse.Namespace, sequence: str) -> dict:
+    """What a fold was measured on, by name rather than path (a record stays valid on another machine): the
+    preset, steps and extra flags, and the entries of the case folder (and the IXI folder, where used)."""
+    key = {
+        "preset": args.preset,
+        "steps": args.steps,
+        "train_args": args.train_args,
+        "cases": sorted(p.name for p in pathlib.Path(args.root).iterdir()),
+    }
+    if args.healthy_root and sequence in IXI_SEQUENCES:
+        key["healthy"] = sorted(p.name for p in pathlib.Path(args.healthy_root).iterdir())
+    return key
+
+
 def kept_record(args: argparse.Namespace, detector: str, sequence: str, fold: int) -> dict | None:
-    """The fold's record if it was measured on the reading grid asked now (`--table-only`: on any grid)."""
+    """The fold's record if it was measured on the data and reading grid asked now (`--table-only`: any)."""
     path = record_path(args, detector, sequence, fold)
     if not path.exists():
         return None
@@ -100,8 +115,10 @@ def kept_record(args: argparse.Namespace, detector: str, sequence: str, fold: in
         raise SystemExit(
             f"{path}: not a readable fold record ({err}); delete it to measure the fold again"
         ) from None
+    if getattr(args, "table_only", False):
+        return record
     same_grid = list(record["tried"]) == [name for name, _ in readings(detector, args)]
-    return record if same_grid or getattr(args, "table_only", False) else None
+    return record if same_grid and record.get("data") == data_key(args, sequence) else None
 
 
 def fold_run(out: pathlib.Path, detector: str, sequence: str, fold: int, args: argparse.Namespace) -> dict:
@@ -133,6 +150,7 @@ def fold_run(out: pathlib.Path, detector: str, sequence: str, fold: int, args: a
         "val_dice": pick["val_dice"],
         "tried": {r["reading"]: r["val_dice"] for r in tried},
         "rows": case_rows(pick["eval_dir"], sequence),
+        "data": data_key(args, sequence),
     }
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(result, indent=1))

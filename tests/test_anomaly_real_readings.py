@@ -1,5 +1,5 @@
 """bench/anomaly_real.py: every test-time reading it tries has a folder name of its own, so a finished
-evaluation, and a fold's record, is reused only for the very settings that made it."""
+evaluation, and a fold's record, is reused only for the very settings and data that made it."""
 
 from __future__ import annotations
 
@@ -52,15 +52,29 @@ def test_ensembles_are_readings_of_their_own_per_level():
     assert not any("ens" in n for n in dict(anomaly_real.readings("dae", _args("50", ensembles="1,4"))))
 
 
-def test_a_record_is_kept_only_for_the_grid_that_made_it(tmp_path):
-    args = _args("50,100", ensembles="1,4", records=str(tmp_path), out=str(tmp_path))
+def _data(tmp_path: pathlib.Path, cases: tuple[str, ...]) -> dict:
+    root = tmp_path / "cases"
+    for case in cases:
+        (root / case).mkdir(parents=True, exist_ok=True)
+    return dict(root=str(root), healthy_root="", preset="real", steps=0, train_args="")
+
+
+def test_a_record_is_kept_only_for_the_grid_and_the_data_that_made_it(tmp_path):
+    data = _data(tmp_path, ("Brats18_a_1", "Brats18_b_1"))
+    args = _args("50,100", ensembles="1,4", records=str(tmp_path), out=str(tmp_path), **data)
     tried = {name: 0.5 for name, _ in anomaly_real.readings("anoddpm", args)}
     path = anomaly_real.record_path(args, "anoddpm", "t2", 1)
-    path.write_text(json.dumps({"reading": "t50", "val_dice": 0.5, "tried": tried, "rows": []}))
+    record = {"reading": "t50", "val_dice": 0.5, "tried": tried, "rows": []}
+    path.write_text(json.dumps({**record, "data": anomaly_real.data_key(args, "t2")}))
     assert anomaly_real.kept_record(args, "anoddpm", "t2", 1)["reading"] == "t50"
     assert anomaly_real.kept_record(args, "anoddpm", "t2", 2) is None  # another fold
-    assert anomaly_real.kept_record(_args("50,250", records=str(tmp_path)), "anoddpm", "t2", 1) is None
-    tabulating = _args("50,250", records=str(tmp_path), table_only=True)
+    other_grid = _args("50,250", records=str(tmp_path), **data)
+    assert anomaly_real.kept_record(other_grid, "anoddpm", "t2", 1) is None
+    longer = _args("50,100", ensembles="1,4", records=str(tmp_path), **{**data, "steps": 3000})
+    assert anomaly_real.kept_record(longer, "anoddpm", "t2", 1) is None  # another training
+    _data(tmp_path, ("Brats18_c_1",))  # one case more in the folder: other data
+    assert anomaly_real.kept_record(args, "anoddpm", "t2", 1) is None
+    tabulating = _args("50,250", records=str(tmp_path), table_only=True, **data)
     assert anomaly_real.kept_record(tabulating, "anoddpm", "t2", 1)["reading"] == "t50"  # what was measured
 
 
