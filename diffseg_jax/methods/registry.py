@@ -43,5 +43,5 @@ def build_method(config: ml_collections.ConfigDict) -> Method:
     except ValueError as err:  # a config value the method refuses (e.g. sampling.fusion): one line
         raise ConfigError(str(err)) from None
     # init compiled as one program: run eagerly, each of its hundreds of ops is compiled on its own, in
-    # every process (seconds per run; a minute for the `real` networks on the CPU).
+    # every process (seconds per smoke run; 50 s for the `real` BTSegDiff on the CPU, 36 s compiled).
     return dataclasses.replace(method, init=jax.jit(method.init))
