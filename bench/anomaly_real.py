@@ -97,11 +97,18 @@ def data_key(args: argparse.Namespace, sequence: str) -> dict:
         "preset": args.preset,
         "steps": args.steps,
         "train_args": args.train_args,
-        "cases": sorted(p.name for p in pathlib.Path(args.root).iterdir()),
+        "cases": _entries(args.root),
     }
     if args.healthy_root and sequence in IXI_SEQUENCES:
-        key["healthy"] = sorted(p.name for p in pathlib.Path(args.healthy_root).iterdir())
+        key["healthy"] = _entries(args.healthy_root)
     return key
+
+
+def _entries(folder: str) -> list[str]:
+    path = pathlib.Path(folder)
+    if not path.is_dir():
+        raise SystemExit(f"{path}: no such folder of cases")
+    return sorted(p.name for p in path.iterdir())
 
 
 def kept_record(args: argparse.Namespace, detector: str, sequence: str, fold: int) -> dict | None:

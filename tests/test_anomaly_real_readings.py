@@ -83,3 +83,10 @@ def test_a_damaged_record_names_its_file(tmp_path):
     anomaly_real.record_path(args, "anoddpm", "t2", 0).write_text("{half")
     with pytest.raises(SystemExit, match="anoddpm_t2_fold0.json: not a readable fold record"):
         anomaly_real.kept_record(args, "anoddpm", "t2", 0)
+
+
+def test_a_missing_case_folder_names_it(tmp_path):
+    args = _args("50", records=str(tmp_path), out=str(tmp_path), **_data(tmp_path, ()))
+    args.root = str(tmp_path / "nowhere")
+    with pytest.raises(SystemExit, match="nowhere: no such folder of cases"):
+        anomaly_real.data_key(args, "t2")
