@@ -31,6 +31,8 @@ XLA_SETUPS = {
     "ynn_off": (_YNN_OFF, False),
     "host_devices": (f"--xla_force_host_platform_device_count={_NCPU}", False),
     "host_devices_ynn_off": (f"--xla_force_host_platform_device_count={_NCPU} {_YNN_OFF}", False),
+    # XLA:CPU's older loop emitters for fusions: half the compile time of the tests' tiny programs.
+    "loop_emitters": ("--xla_cpu_use_fusion_emitters=false", True),
 }
 
 
